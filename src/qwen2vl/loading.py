@@ -1,0 +1,57 @@
+"""from_pretrained for the network: a model name -> a Qwen2VLModel with its weights, ready to run.
+
+Owns: resolving the name, parsing the config once, choosing dtype and device, building the model
+on the meta device and filling it from the checkpoint. Does not own: the tokenizer, processor or
+engine (they load their own files from the same directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .errors import ConfigError
+from .hub import resolve_model_dir
+from .model import Qwen2VLModel
+from .weights import load_weights
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype | None, config: ModelConfig) -> torch.dtype:
+    """None -> float32 (exact on every device); "auto" -> the checkpoint's own dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ConfigError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+        return dtype
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        return _DTYPES.get(config.torch_dtype or "float32", torch.float32)
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ConfigError(f"unsupported dtype '{dtype}'; use float32, bfloat16, float16 or auto") from None
+
+
+def load_model(
+    name: str | Path,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    revision: str | None = None,
+) -> Qwen2VLModel:
+    directory = resolve_model_dir(name, revision)
+    config = ModelConfig.from_file(directory / "config.json")
+    target = parse_dtype(dtype, config)
+    with torch.device("meta"):
+        model = Qwen2VLModel(config)
+    ignored = frozenset({"lm_head.weight"}) if config.text.tie_word_embeddings else frozenset()
+    load_weights(model, directory, target, torch.device(device), ignored)
+    model.requires_grad_(False)
+    return model.eval()
