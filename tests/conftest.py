@@ -40,3 +40,18 @@ def reference_processor():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Qwen2VLProcessor.from_pretrained(str(COMMON))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random-weight checkpoint with the real tokenizer and processor files."""
+    from qwen2vl.random_checkpoint import TINY_CONFIG, write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny"), TINY_CONFIG, seed=11, copy_files_from=COMMON)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    from qwen2vl import Qwen2VLModel
+
+    return Qwen2VLModel.from_pretrained(str(tiny_checkpoint))
