@@ -23,3 +23,15 @@ class ModelNotFoundError(Qwen2VLError):
 
 class InvalidInputError(Qwen2VLError):
     """User input (tokens, media, grids) is inconsistent or malformed."""
+
+
+class MediaDecodeError(InvalidInputError):
+    """An image or video could not be read: truncated, not media, bad base64, no decodable frames."""
+
+
+class LimitExceededError(InvalidInputError):
+    """Input exceeds a configured safety limit (bytes, pixels, frames, duration, item count)."""
+
+
+class SourceNotAllowedError(InvalidInputError):
+    """A media source kind is disabled (remote URLs, local files) or outside the allowed directory."""
