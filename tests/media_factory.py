@@ -39,13 +39,16 @@ def write_image(directory: Path, name: str, height: int, width: int, seed: int =
     return path
 
 
-def write_video(path: Path, seconds: float, width: int, height: int, fps: int, codec: str = "libx264") -> Path:
+def write_video(path: Path, seconds: float, width: int, height: int, fps: int, codec: str = "libx264",
+                keyframe_interval: int | None = None) -> Path:
     """A moving-pattern video; every frame differs so sampling mistakes show."""
     import av
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if keyframe_interval is not None:
+            stream.codec_context.gop_size = keyframe_interval
         base = pattern(height, width, seed=5)
         for i in range(int(seconds * fps)):
             frame = np.roll(base, shift=i * 3, axis=1)

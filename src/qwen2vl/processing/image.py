@@ -107,23 +107,31 @@ def resize_bicubic_rounded(pixels: torch.Tensor, height: int, width: int) -> tor
     return resized.clamp_(0, 255).round_().to(torch.uint8)
 
 
-def normalize(pixels: torch.Tensor, settings: VisionSettings) -> torch.Tensor:
-    """[..., C, H, W] 0-255 values -> float32 (x - 255*mean) / (255*std): the reference's fused rescale."""
+def normalize_patches(patches: torch.Tensor, settings: VisionSettings) -> torch.Tensor:
+    """Patch rows of 0-255 values [N, C*tp*P*P] -> float32 (x - 255*mean) / (255*std) per channel.
+
+    The same per-element arithmetic as the reference's fused rescale-and-normalise on frames, applied
+    after patchify so the reorder moves uint8 bytes rather than floats.
+    """
     scale = 1.0 / settings.rescale_factor
-    mean = (torch.tensor(settings.image_mean) * scale).view(-1, 1, 1)
-    std = (torch.tensor(settings.image_std) * scale).view(-1, 1, 1)
-    return (pixels.to(torch.float32) - mean) / std
+    per_channel = patches.shape[1] // len(settings.image_mean)
+    mean = (torch.tensor(settings.image_mean) * scale).repeat_interleave(per_channel)  # [C*tp*P*P]
+    std = (torch.tensor(settings.image_std) * scale).repeat_interleave(per_channel)
+    return patches.to(torch.float32).sub_(mean).div_(std)
 
 
 def patchify(frames: torch.Tensor, settings: VisionSettings) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Normalised frames [T, C, H, W] -> patch rows [grid_t*grid_h*grid_w, C*tp*P*P] and (t, h, w).
+    """Frames [T, C, H, W] -> patch rows [grid_t*grid_h*grid_w, C*tp*P*P] and (t, h, w).
 
     T is padded to a multiple of the temporal patch by repeating the last frame. Rows are listed
     frame-pair by frame-pair, then 2x2 merge window by window, the reference's element order.
     """
     tp, p, m = settings.temporal_patch_size, settings.patch_size, settings.merge_size
-    if frames.shape[0] % tp:
-        frames = torch.cat([frames, frames[-1:].expand(tp - frames.shape[0] % tp, -1, -1, -1)])
+    pad = -frames.shape[0] % tp
+    if pad and frames.shape[0] == 1:  # an image: its one frame repeated, as a view
+        frames = frames.expand(tp, -1, -1, -1)
+    elif pad:
+        frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
     t, c, h, w = frames.shape
     gt, gh, gw = t // tp, h // p, w // p
     # [T, C, H, W] -> [gt, tp, C, gh/m, m, P, gw/m, m, P]
@@ -131,6 +139,12 @@ def patchify(frames: torch.Tensor, settings: VisionSettings) -> tuple[torch.Tens
     # -> [gt, gh/m, gw/m, m, m, C, tp, P, P]
     patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
     return patches.reshape(gt * gh * gw, c * tp * p * p), (gt, gh, gw)
+
+
+def to_model_inputs(frames: torch.Tensor, settings: VisionSettings) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Frames of 0-255 values [T, C, H, W] (uint8 or float) -> normalised patch rows and grid."""
+    patches, grid = patchify(frames, settings)
+    return normalize_patches(patches, settings), grid
 
 
 def image_to_uint8_tensor(image: Image.Image) -> torch.Tensor:
@@ -175,4 +189,4 @@ def prepare_image(
     pixels = image_to_uint8_tensor(image)[None]  # [1, 3, H, W]
     pixels = resize_bicubic(pixels, *smart_resize(image.height, image.width, settings.factor,
                                                   settings.min_pixels, settings.max_pixels))
-    return patchify(normalize(pixels, settings), settings)
+    return to_model_inputs(pixels, settings)

@@ -119,7 +119,7 @@ def decode_image(data: bytes | Path, label: str, limits: MediaLimits) -> Image.I
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
             image = Image.open(stream)
             _check_pixels(image.width, image.height, label, limits)
             image.load()
@@ -128,8 +128,10 @@ def decode_image(data: bytes | Path, label: str, limits: MediaLimits) -> Image.I
         raise
     except UnidentifiedImageError:
         raise MediaDecodeError(f"{label}: not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise LimitExceededError(f"{label}: image is too large to decode safely") from None
+    except Image.DecompressionBombError:
+        raise LimitExceededError(
+            f"{label}: image pixels are above the limit of {limits.max_image_pixels} (refused before decoding)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise MediaDecodeError(f"{label}: unreadable or truncated image ({exc})") from None
 

@@ -89,7 +89,7 @@ class Processor:
         for key, grid_key, prepared in (("pixel_values", "image_grid_thw", images),
                                         ("pixel_values_videos", "video_grid_thw", videos)):
             if prepared:
-                out[key] = torch.cat([patches for patches, _ in prepared])
+                out[key] = prepared[0][0] if len(prepared) == 1 else torch.cat([patches for patches, _ in prepared])
                 out[grid_key] = torch.tensor([grid for _, grid in prepared], dtype=torch.long)
         return out
 
@@ -112,12 +112,17 @@ class Processor:
         return ids, prepared["image"], prepared["video"]
 
     def prepare_item(self, item: MediaItem) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        options = dict(item.options)
-        if item.kind == "image":
-            image = load_image(item.source, item.label, self.limits)
-            return prepare_image(image, self.settings, **_checked_image_options(options, item.label))
-        return prepare_video(item.source, VideoOptions.from_item(options, item.label), self.settings,
-                             item.label, self.limits)
+        """(patch rows, grid) of one image or video; every error names the item."""
+        try:
+            if item.kind == "image":
+                image = load_image(item.source, item.label, self.limits)
+                return prepare_image(image, self.settings, **_checked_image_options(item.options, item.label))
+            return prepare_video(item.source, VideoOptions.from_item(item.options, item.label), self.settings,
+                                 item.label, self.limits)
+        except InvalidInputError as exc:
+            if str(exc).startswith(item.label):
+                raise
+            raise type(exc)(f"{item.label}: {exc}") from None
 
     def expand_placeholders(self, ids: list[int], prepared: dict[str, list], prefix: str = "") -> list[int]:
         """Each image/video pad token -> grid_t*grid_h*grid_w/merge^2 copies, in order."""
@@ -148,7 +153,7 @@ class Processor:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
-def _checked_image_options(options: dict[str, Any], label: str) -> dict[str, int]:
+def _checked_image_options(options: Mapping[str, Any], label: str) -> dict[str, int]:
     checked = {}
     for key, value in options.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

@@ -24,8 +24,8 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import InvalidInputError, LimitExceededError, MediaDecodeError
-from .image import (VisionSettings, image_to_uint8_tensor, normalize, patchify, prepare_image_size, resize_bicubic,
-                    resize_bicubic_rounded, smart_resize)
+from .image import (VisionSettings, image_to_uint8_tensor, prepare_image_size, resize_bicubic,
+                    resize_bicubic_rounded, smart_resize, to_model_inputs)
 from .limits import MediaLimits
 from .media import fetch_bytes, load_image
 
@@ -124,8 +124,9 @@ def prepare_video(
     else:
         frames, _ = decode_sampled_frames(fetch_bytes(source, label, limits, "video"), options, settings, label, limits)
     stage2 = smart_resize(frames.shape[-2], frames.shape[-1], settings.factor, settings.min_pixels, settings.max_pixels)
-    frames = resize_bicubic(frames.float(), *stage2)
-    return patchify(normalize(frames, settings), settings)
+    if stage2 != tuple(frames.shape[-2:]):  # the processor resizes qwen-vl-utils' float frames
+        frames = resize_bicubic(frames.float(), *stage2)
+    return to_model_inputs(frames, settings)
 
 
 def _frames_from_list(frames: list | tuple, options: VideoOptions, settings: VisionSettings, label: str,
@@ -158,7 +159,7 @@ def decode_sampled_frames(
     try:
         container = av.open(io.BytesIO(data) if isinstance(data, bytes) else str(data))
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise MediaDecodeError(f"{label}: not a readable video ({exc})") from None
+        raise MediaDecodeError(f"{label}: not a readable video ({getattr(exc, 'strerror', None) or exc})") from None
     with container:
         if not container.streams.video:
             raise MediaDecodeError(f"{label}: the file has no video stream")
@@ -186,7 +187,8 @@ def decode_sampled_frames(
         try:
             frames, decoded = _seek_and_decode(container, stream, sample_indices(first, last, n), fps, size)
         except av.error.FFmpegError as exc:
-            raise MediaDecodeError(f"{label}: the video could not be decoded ({exc})") from None
+            raise MediaDecodeError(
+                f"{label}: the video could not be decoded ({getattr(exc, 'strerror', None) or exc})") from None
     if not frames:
         raise MediaDecodeError(f"{label}: the video has no decodable frames")
     frames += [frames[-1]] * (n - len(frames))  # a stream shorter than its header says: repeat its last frame
