@@ -42,6 +42,47 @@ def reference_processor():
         return Qwen2VLProcessor.from_pretrained(str(COMMON))
 
 
+def parity_configs():
+    """name -> (config, checkpoint dtype, shard size): the checkpoints parity tests compare on."""
+    import torch
+
+    from qwen2vl.random_checkpoint import TINY_CONFIG, shallow
+
+    return {
+        "tiny": (TINY_CONFIG, torch.float32, 8_000_000),
+        "2B-shallow": (shallow(real_config("2B")), torch.float32, None),
+        "7B-shallow": (shallow(real_config("7B")), torch.bfloat16, 2_000_000_000),
+    }
+
+
+PARITY_CHECKPOINTS = ["tiny", "2B-shallow", "7B-shallow"]
+
+
+def parity_params():
+    """Fixture params: the tiny checkpoint always; the real-width ones marked slow."""
+    return [pytest.param(name, marks=() if name == "tiny" else pytest.mark.slow) for name in PARITY_CHECKPOINTS]
+
+
+@pytest.fixture(scope="session")
+def parity_checkpoint(tmp_path_factory):
+    """name -> directory of a random-weight checkpoint in the Hub layout with the real tokenizer files.
+
+    Written once per session (about 5 GB on disk for all three).
+    """
+    from qwen2vl.random_checkpoint import write_random_checkpoint
+
+    written: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in written:
+            config, dtype, shard = parity_configs()[name]
+            written[name] = write_random_checkpoint(tmp_path_factory.mktemp(name), config, seed=7, dtype=dtype,
+                                                    max_shard_bytes=shard, copy_files_from=COMMON)
+        return written[name]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny random-weight checkpoint with the real tokenizer and processor files."""

@@ -13,16 +13,8 @@ import warnings
 import pytest
 import torch
 
-from conftest import random_image, random_video, real_config
+from conftest import parity_params, random_image, random_video
 from qwen2vl import Qwen2VLModel
-from qwen2vl.random_checkpoint import TINY_CONFIG, shallow, write_random_checkpoint
-
-CHECKPOINTS = {
-    # name: (config, checkpoint dtype, shard size in bytes or None)
-    "tiny": (TINY_CONFIG, torch.float32, 8_000_000),
-    "2B-shallow": (shallow(real_config("2B")), torch.float32, None),
-    "7B-shallow": (shallow(real_config("7B")), torch.bfloat16, 2_000_000_000),
-}
 
 
 def _conversation(*items):
@@ -61,16 +53,12 @@ def _inputs(processor, conversations, images, videos):
         return dict(processor(text=texts, images=images, videos=videos, padding=True, return_tensors="pt"))
 
 
-@pytest.fixture(scope="module", params=[
-    pytest.param(name, marks=() if name == "tiny" else pytest.mark.slow) for name in CHECKPOINTS
-])
-def parity_run(request, tmp_path_factory, reference_processor):
+@pytest.fixture(scope="module", params=parity_params())
+def parity_run(request, parity_checkpoint, reference_processor):
     """Logits of both implementations for every case, computed one model at a time to bound memory."""
     from transformers import Qwen2VLForConditionalGeneration
 
-    config, dtype, shard = CHECKPOINTS[request.param]
-    directory = write_random_checkpoint(tmp_path_factory.mktemp(request.param), config, seed=7, dtype=dtype,
-                                        max_shard_bytes=shard)
+    directory = parity_checkpoint(request.param)
     inputs = {name: _inputs(reference_processor, *case) for name, case in _cases().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,7 +1,7 @@
 """The Qwen2 decoder: embeddings, GQA attention with QKV bias and M-RoPE, SwiGLU, RMSNorm.
 
-Owns: input embeddings -> final normed hidden states, reading and extending an optional
-KV cache passed in by the caller. Does not own: positions, rotary tables, masks, vision
+Owns: input embeddings -> final normed hidden states; with a KV cache passed in by the caller,
+attention is delegated to it (it stores the new keys/values and attends over each sequence). Does not own: positions, rotary tables, masks, vision
 features or the LM head (qwen2vl.py), nor cache storage (the engine).
 """
 
@@ -19,10 +19,11 @@ from .rope import apply_rotary
 
 
 class KVCache(Protocol):
-    """What the decoder needs from a cache: append this step's keys/values, get all of them back."""
+    """What the decoder needs from a cache: store this step's keys/values and attend over all of them."""
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v: [B, kv_heads, T_new, D]. Returns [B, kv_heads, T_total, D] for this layer."""
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [B, heads, T, D], k/v [B, kv_heads, T, D] for the new tokens; returns [B, heads, T, D],
+        each sequence attending causally over its cached tokens and the new ones."""
         ...
 
 
@@ -53,13 +54,14 @@ class DecoderAttention(nn.Module):
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)
-        out = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            is_causal=mask is None and length > 1,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )  # [B, heads, T, D]
+            out = cache.attend(self.layer, q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=mask,
+                is_causal=mask is None and length > 1,
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            )  # [B, heads, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
