@@ -8,6 +8,7 @@ engine (they load their own files from the same directory).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -45,13 +46,15 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
     revision: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Qwen2VLModel:
+    """`progress(done_bytes, total_bytes)` is called while weights load."""
     directory = resolve_model_dir(name, revision)
     config = ModelConfig.from_file(directory / "config.json")
     target = parse_dtype(dtype, config)
     with torch.device("meta"):
         model = Qwen2VLModel(config)
     ignored = frozenset({"lm_head.weight"}) if config.text.tie_word_embeddings else frozenset()
-    load_weights(model, directory, target, torch.device(device), ignored)
+    load_weights(model, directory, target, torch.device(device), ignored, progress)
     model.requires_grad_(False)
     return model.eval()

@@ -16,7 +16,7 @@ import json
 import mmap
 import struct
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from safetensors.torch import save_file
@@ -100,10 +100,12 @@ def load_weights(
     dtype: torch.dtype,
     device: torch.device,
     ignored: frozenset[str] = frozenset(),
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Materialise every parameter of `model` (built on the meta device) from the checkpoint.
 
     `ignored` names checkpoint keys that may be present without a parameter (a tied lm_head).
+    `progress(done_bytes, total_bytes)` is called after each tensor.
     """
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     entries = index_checkpoint(directory)
@@ -128,10 +130,15 @@ def load_weights(
     by_file: dict[Path, list[str]] = {}
     for name in expected:
         by_file.setdefault(entries[name].file, []).append(name)
+    total = sum(entries[name].end - entries[name].begin for name in expected)
+    done = 0
     for file, names in by_file.items():
         with file.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
             for name in names:
                 state[name] = _copy_out(mapped, entries[name], dtype, device)
+                done += entries[name].end - entries[name].begin
+                if progress is not None:
+                    progress(done, total)
     model.load_state_dict(state, strict=True, assign=True)
 
 

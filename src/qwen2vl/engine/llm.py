@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -46,9 +46,11 @@ class Qwen2VL:
         vision_cache_mb: float = 512,
         limits: MediaLimits | None = None,
         revision: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> "Qwen2VL":
+        """Load a local checkpoint directory or Hub id. `progress(done, total)` reports weight bytes loaded."""
         directory = resolve_model_dir(name, revision)
-        model = load_model(directory, dtype=dtype, device=device)
+        model = load_model(directory, dtype=dtype, device=device, progress=progress)
         processor = Processor.from_pretrained(directory, limits=limits)
         defaults = GenerationDefaults.from_file(directory / "generation_config.json", model.config.eos_token_ids)
         return cls(model, processor, defaults, max_batch_size=max_batch_size, max_model_len=max_model_len,
