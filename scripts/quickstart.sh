@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up the runtime environment on first use (.venv, CPU build of torch 2.13.0), then runs the
-# main job: examples/random_model_forward.py (see README: until the demo model ships, it runs a
+# main job: examples/quickstart.py (see README: until the demo model ships, it runs a
 # random-weight checkpoint it writes itself). Extra arguments go to that script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +12,4 @@ if ! "$venv/bin/python" -c "import qwen2vl" >/dev/null 2>&1; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e . 2>&1 | grep -v "^WARNING: Location" || true
     "$venv/bin/python" -c "import qwen2vl"
 fi
-exec "$venv/bin/python" examples/random_model_forward.py "$@"
+exec "$venv/bin/python" examples/quickstart.py "$@"
