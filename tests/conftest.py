@@ -32,6 +32,19 @@ def random_video(frames: int, height: int, width: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8)
 
 
+def load_reference_model(directory):
+    """transformers' Qwen2VLForConditionalGeneration in float32 with SDPA, checked to load every weight."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, info = Qwen2VLForConditionalGeneration.from_pretrained(
+            directory, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True)
+    assert not any(info.values()), f"transformers did not load the checkpoint cleanly: {info}"
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def reference_processor():
     """transformers' Qwen2VLProcessor built from the real tokenizer and preprocessor files."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import gc
-import warnings
 
 import pytest
 import torch
 
-from conftest import parity_params, random_image, random_video
+from conftest import load_reference_model, parity_params, random_image, random_video
 from qwen2vl import Qwen2VL, SamplingParams
 
 NEW_TOKENS = 32
@@ -43,8 +42,6 @@ CASES = list(_conversations())
 @pytest.fixture(scope="module", params=parity_params())
 def generations(request, parity_checkpoint):
     """Token ids from transformers and from us for every case, one model in memory at a time."""
-    from transformers import Qwen2VLForConditionalGeneration
-
     directory = parity_checkpoint(request.param)
     llm = Qwen2VL.from_pretrained(directory, max_model_len=4096, max_batch_size=4)
     conversations = _conversations()
@@ -54,16 +51,13 @@ def generations(request, parity_checkpoint):
     together = [r.token_ids for r in llm.generate(batch, GREEDY)]
     del llm
     gc.collect()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reference = Qwen2VLForConditionalGeneration.from_pretrained(directory, dtype=torch.float32,
-                                                                    attn_implementation="sdpa").eval()
-        with torch.inference_mode():
-            theirs = {}
-            for name, x in inputs.items():
-                out = reference.generate(**x, do_sample=False, max_new_tokens=NEW_TOKENS, top_k=None, top_p=None,
-                                         temperature=None)
-                theirs[name] = out[0, x["input_ids"].shape[1]:].tolist()
+    reference = load_reference_model(directory)
+    with torch.inference_mode():
+        theirs = {}
+        for name, x in inputs.items():
+            out = reference.generate(**x, do_sample=False, max_new_tokens=NEW_TOKENS, top_k=None, top_p=None,
+                                     temperature=None)
+            theirs[name] = out[0, x["input_ids"].shape[1]:].tolist()
     del reference
     gc.collect()
     return ours, theirs, together

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import parity_params, random_image, random_video
+from conftest import load_reference_model, parity_params, random_image, random_video
 from qwen2vl import Qwen2VLModel
 
 
@@ -56,17 +56,11 @@ def _inputs(processor, conversations, images, videos):
 @pytest.fixture(scope="module", params=parity_params())
 def parity_run(request, parity_checkpoint, reference_processor):
     """Logits of both implementations for every case, computed one model at a time to bound memory."""
-    from transformers import Qwen2VLForConditionalGeneration
-
     directory = parity_checkpoint(request.param)
     inputs = {name: _inputs(reference_processor, *case) for name, case in _cases().items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reference, info = Qwen2VLForConditionalGeneration.from_pretrained(
-            directory, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True)
-    assert not any(info.values()), f"transformers did not load the checkpoint cleanly: {info}"
+    reference = load_reference_model(directory)
     with torch.inference_mode():
-        expected = {name: reference.eval()(**x).logits for name, x in inputs.items()}
+        expected = {name: reference(**x).logits for name, x in inputs.items()}
     del reference
     gc.collect()
     ours = Qwen2VLModel.from_pretrained(str(directory), dtype=torch.float32)
