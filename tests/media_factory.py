@@ -28,6 +28,12 @@ def write_image(directory: Path, name: str, height: int, width: int, seed: int =
         image = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
     elif mode == "L":
         image = Image.fromarray(rgb).convert("L")
+    elif mode == "LA":
+        image = Image.fromarray(np.dstack([rgb[..., 0], rgb[..., 1]]))
+    elif mode == "CMYK":
+        image = Image.fromarray(rgb).convert("CMYK")
+    elif mode == "I;16":
+        image = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257 // 300).astype(np.uint16))
     else:
         image = Image.fromarray(rgb)
     if exif_orientation is not None:

@@ -26,8 +26,11 @@ IMAGES = {
     "rgba_png": dict(height=300, width=200, mode="RGBA"),
     "palette_gif": dict(height=240, width=320, mode="P"),
     "grayscale_jpeg": dict(height=250, width=180, mode="L"),
+    "la_png": dict(height=90, width=150, mode="LA"),
+    "cmyk_jpeg": dict(height=160, width=120, mode="CMYK"),
+    "i16_png": dict(height=100, width=100, mode="I;16"),
 }
-EXTENSIONS = {"palette_gif": "gif", "grayscale_jpeg": "jpg"}
+EXTENSIONS = {"palette_gif": "gif", "grayscale_jpeg": "jpg", "cmyk_jpeg": "jpg"}
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,9 @@ def media(tmp_path_factory):
     files["video_3s"] = write_video(root / "a.mp4", 3, 320, 240, 30)
     files["video_10s"] = write_video(root / "b.mp4", 10, 640, 360, 24)
     files["video_webm"] = write_video(root / "c.webm", 2, 160, 120, 25, codec="libvpx-vp9")
+    files["video_mkv"] = write_video(root / "d.mkv", 2, 160, 120, 25)
+    files["video_avi"] = write_video(root / "e.avi", 2, 160, 120, 25, codec="mpeg4")
+    files["video_mov"] = write_video(root / "f.mov", 2, 160, 120, 25)
     return files
 
 
@@ -122,8 +128,9 @@ def test_video_matches_reference(ours, reference_processor, media, name, options
     assert_same_tensors(ours(conversation), reference(reference_processor, [conversation]))
 
 
-def test_webm_video_matches_reference(ours, reference_processor, media):
-    conversation = user(video_part(media["video_webm"]))
+@pytest.mark.parametrize("container", ["video_webm", "video_mkv", "video_avi", "video_mov"])
+def test_other_containers_match_reference(ours, reference_processor, media, container):
+    conversation = user(video_part(media[container]))
     assert_same_tensors(ours(conversation), reference(reference_processor, [conversation]))
 
 
