@@ -55,9 +55,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
         from ..server.app import create_app
+        from ..server.run import serve
         from ..server.settings import ServerSettings
     except ImportError as error:
         raise Qwen2VLError(f"the server needs its extra: pip install 'qwen2vl[serve]' ({error})") from None
@@ -80,6 +79,5 @@ def run(args: argparse.Namespace) -> int:
                                   max_batch_size=args.max_batch_size, vision_cache_mb=args.vision_cache_mb,
                                   limits=limits, progress=ProgressBar(f"loading {args.model}"))
     print(f"serving {settings.served_model_name} on http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(create_app(llm, settings), host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=args.graceful_shutdown_seconds)
+    serve(create_app(llm, settings), args.host, args.port, args.graceful_shutdown_seconds)
     return 0
