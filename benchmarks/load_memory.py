@@ -11,18 +11,15 @@ that paging in torch's own code is not counted.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
 
-import torch
+from random_2b import DEFAULT_DIR, ensure_random_2b
 
 from qwen2vl.random_checkpoint import TINY_CONFIG, write_random_checkpoint
-
-CONFIG = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "Qwen2-VL-2B-Instruct.config.json"
 
 MEASURE = textwrap.dedent("""
     import sys, time, qwen2vl
@@ -41,13 +38,9 @@ MEASURE = textwrap.dedent("""
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default="runs/random-2b", help="where the 2B checkpoint is (or will be) written")
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="the 2B checkpoint (written if absent)")
     args = parser.parse_args()
-    directory = Path(args.dir)
-    if not (directory / "config.json").is_file():
-        print(f"writing the random-weight 2B checkpoint to {directory} ...", flush=True)
-        write_random_checkpoint(directory, json.loads(CONFIG.read_text()), dtype=torch.bfloat16,
-                                max_shard_bytes=4_000_000_000)
+    directory = ensure_random_2b(args.dir)
     with tempfile.TemporaryDirectory() as tiny:
         write_random_checkpoint(tiny, TINY_CONFIG)
         print("| target dtype | weights (GiB) | peak RSS rise (GiB) | ratio | load time (s) |")

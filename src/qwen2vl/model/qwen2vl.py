@@ -9,13 +9,12 @@ Does not own: weight loading (weights.py), preprocessing, caches or sampling.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import InvalidInputError
 from .language import KVCache, Qwen2Decoder
-from .layers import causal_padded_mask
+from .layers import Linear, causal_padded_mask, project
 from .positions import VisionLayout, rope_positions
 from .rope import mrope_cos_sin
 from .vision import VisionTransformer
@@ -29,7 +28,7 @@ class Qwen2VLModel(nn.Module):
         self.visual = VisionTransformer(config.vision)
         self.model = Qwen2Decoder(config.text)
         text = config.text
-        self.lm_head = None if text.tie_word_embeddings else nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        self.lm_head = None if text.tie_word_embeddings else Linear(text.hidden_size, text.vocab_size, bias=False)
 
     @classmethod
     def from_pretrained(
@@ -120,4 +119,4 @@ class Qwen2VLModel(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        return project(hidden, weight)

@@ -42,6 +42,7 @@ def create_app(llm: Qwen2VL, settings: ServerSettings) -> FastAPI:
         engine.stop()
 
     app = FastAPI(title="qwen2vl", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine = engine
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:

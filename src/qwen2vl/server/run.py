@@ -1,30 +1,33 @@
-"""Running the app under uvicorn with a graceful shutdown that exits 0.
+"""Running the app: HTTP in a background thread, the engine loop in the main thread.
 
-Owns: the uvicorn server and its signal handling: on SIGTERM or SIGINT it stops accepting, lets
-in-flight requests finish for up to the graceful period, cancels the rest, and returns (uvicorn's
-default re-raises the signal afterwards, which would end the process with -15).
+Owns: uvicorn's server thread and the process's signal handling. On SIGTERM or SIGINT the HTTP
+server stops accepting, lets in-flight requests finish for up to the graceful period (the engine
+keeps stepping meanwhile), cancels the rest, and the process exits 0. The engine loop runs in the
+main thread, the one that loaded the model (see async_engine.py for why).
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
+import threading
 
 import uvicorn
 from fastapi import FastAPI
 
 
-class GracefulServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
 def serve(app: FastAPI, host: str, port: int, graceful_seconds: float) -> None:
+    engine = app.state.engine
+    engine.external = True
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=graceful_seconds)
-    GracefulServer(config).run()
+    server = uvicorn.Server(config)
+    http = threading.Thread(target=server.run, name="qwen2vl-http")
+
+    def request_exit(*_):
+        server.force_exit = server.should_exit  # a second signal: stop waiting for requests
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_exit)
+    http.start()
+    engine.run(until=lambda: not http.is_alive())
+    http.join()
