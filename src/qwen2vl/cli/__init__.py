@@ -10,13 +10,13 @@ import argparse
 import sys
 
 from ..errors import Qwen2VLError
-from . import chat, generate, serve
+from . import chat, finetune, generate, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen2vl", description="Run Qwen2-VL vision-language models.")
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
-    for module in (generate, chat, serve):
+    for module in (generate, chat, serve, finetune):
         module.register(subparsers)
     return parser
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from ..finetune.checkpoint import load_trained_adapter
 from ..hub import resolve_model_dir
 from ..loading import load_model
 from ..processing import MediaLimits, Processor
@@ -47,10 +48,14 @@ class Qwen2VL:
         limits: MediaLimits | None = None,
         revision: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        lora: str | Path | None = None,
     ) -> "Qwen2VL":
-        """Load a local checkpoint directory or Hub id. `progress(done, total)` reports weight bytes loaded."""
+        """Load a local checkpoint directory or Hub id. `progress(done, total)` reports weight bytes
+        loaded; `lora` names an adapter directory (PEFT format) merged into the weights."""
         directory = resolve_model_dir(name, revision)
         model = load_model(directory, dtype=dtype, device=device, progress=progress)
+        if lora is not None:
+            load_trained_adapter(model, lora)
         processor = Processor.from_pretrained(directory, limits=limits)
         defaults = GenerationDefaults.from_file(directory / "generation_config.json", model.config.eos_token_ids)
         return cls(model, processor, defaults, max_batch_size=max_batch_size, max_model_len=max_model_len,

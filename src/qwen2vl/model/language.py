@@ -11,6 +11,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ..config import TextConfig
@@ -84,6 +85,7 @@ class Qwen2Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False  # training only: recompute each layer in the backward pass
 
     def forward(
         self,
@@ -95,6 +97,10 @@ class Qwen2Decoder(nn.Module):
     ) -> torch.Tensor:
         """embeds [B, T, hidden]; cos/sin [B, 1, T, D]; mask [B, 1, T, T_total] or None (causal)."""
         x = embeds
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache)
         return self.norm(x)

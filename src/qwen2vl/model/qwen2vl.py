@@ -53,13 +53,27 @@ class Qwen2VLModel(nn.Module):
         video_grid_thw: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Full-prompt forward without a cache. Returns logits [B, T, vocab]."""
+        return self.logits(self.hidden_states(input_ids, attention_mask, pixel_values, image_grid_thw,
+                                              pixel_values_videos, video_grid_thw))
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final normed hidden states [B, T, hidden] of a full-prompt forward (training takes
+        logits only where there are labels)."""
         image_features = self.encode_vision(pixel_values, image_grid_thw, "image")
         video_features = self.encode_vision(pixel_values_videos, video_grid_thw, "video")
         embeds = self.embed(input_ids, image_features, video_features)
         positions, _ = rope_positions(self.layout, input_ids, attention_mask, image_grid_thw, video_grid_thw)
         key_valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         mask = causal_padded_mask(key_valid, 0, input_ids.shape[1])
-        return self.logits(self.decode(embeds, positions, mask))
+        return self.decode(embeds, positions, mask)
 
     def encode_vision(self, pixels: torch.Tensor | None, grid_thw: torch.Tensor | None, kind: str) -> torch.Tensor | None:
         """Vision features [sum(t*h*w)/4, hidden] for all images (or videos) of a batch, or None."""

@@ -1,0 +1,163 @@
+"""Training data: JSONL conversations -> validated examples -> length-grouped, padded batches.
+
+Owns: reading one conversation per line (Qwen or OpenAI message form, a list or {"messages": [...]})
+with media paths relative to the file; validating every line up front with its line number
+(JSON, missing assistant turn, unreadable media, too long for max_length); labels on assistant
+answers only (their tokens and their <|im_end|>; system, user, template and vision tokens are
+-100); a deterministic length-grouped batch order; collation with right padding.
+Does not own: the optimisation loop (trainer.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InvalidInputError
+from ..processing import Processor
+
+IGNORE = -100
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
+@dataclass(frozen=True)
+class Record:
+    line: int
+    messages: list[dict[str, Any]]
+    length: int  # tokens, visual included
+
+
+class DatasetError(InvalidInputError):
+    """Lines of a training file that cannot be used; the message lists each with its line number."""
+
+
+def read_records(path: Path, processor: Processor, max_length: int, skip_invalid: bool = False,
+                 shard: tuple[int, int] = (0, 1)) -> tuple[list[Record], list[str]]:
+    """Valid records of `path` and the problems found. With skip_invalid=False any problem raises.
+
+    shard=(rank, world): media are prepared (validated) only for lines i with i % world == rank;
+    the other lines are checked as text. Callers gather the shards' results.
+    """
+    rank, world = shard
+    records, problems = [], []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            messages = _messages(json.loads(line), path.parent)
+            if not any(m.get("role") == "assistant" for m in messages):
+                raise InvalidInputError("no assistant turn to learn from")
+            length = -1
+            if (number - 1) % world == rank:
+                ids, labels, _ = encode_example(processor, messages)
+                length = len(ids)
+                if length > max_length:
+                    raise InvalidInputError(f"{length} tokens is above --max-length {max_length}")
+                if all(label == IGNORE for label in labels):
+                    raise InvalidInputError("the assistant answers are empty")
+            records.append(Record(number, messages, length))
+        except (ValueError, InvalidInputError) as error:
+            problems.append(f"{path.name} line {number}: {error}")
+    if problems and not skip_invalid:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise DatasetError(f"{len(problems)} invalid line(s): {shown} (use --skip-invalid to train without them)")
+    return records, problems
+
+
+def _messages(obj: Any, base: Path) -> list[dict[str, Any]]:
+    messages = obj.get("messages") if isinstance(obj, dict) else obj
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InvalidInputError("a line must be a list of messages or {\"messages\": [...]}")
+    return [_with_local_paths(m, base) for m in messages]
+
+
+def _with_local_paths(message: dict[str, Any], base: Path) -> dict[str, Any]:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    parts = []
+    for part in content:
+        if isinstance(part, dict):
+            part = dict(part)
+            for key in ("image", "video"):
+                value = part.get(key)
+                if isinstance(value, str) and not _URL.match(value) and not Path(value).is_absolute():
+                    part[key] = str(base / value)
+                elif isinstance(value, list):
+                    part[key] = [str(base / v) if isinstance(v, str) and not _URL.match(v)
+                                 and not Path(v).is_absolute() else v for v in value]
+            for key in ("image_url", "video_url"):
+                value = part.get(key)
+                url = value.get("url") if isinstance(value, dict) else value
+                if isinstance(url, str) and not _URL.match(url) and not Path(url).is_absolute():
+                    part[key] = {**value, "url": str(base / url)} if isinstance(value, dict) else str(base / url)
+        parts.append(part)
+    return {**message, "content": parts}
+
+
+def encode_example(processor: Processor, messages: list[dict[str, Any]]) -> tuple[list[int], list[int], dict]:
+    """Token ids, labels (assistant answers and their <|im_end|> only) and the media tensors."""
+    ids, images, videos = processor.encode_conversation(messages, add_generation_prompt=False)
+    return ids, assistant_labels(processor, ids), {"images": images, "videos": videos}
+
+
+def assistant_labels(processor: Processor, ids: list[int]) -> list[int]:
+    header = processor.tokenizer.encode("<|im_start|>assistant\n").ids
+    end = processor.tokenizer.token_to_id("<|im_end|>")
+    labels = [IGNORE] * len(ids)
+    i = 0
+    while i <= len(ids) - len(header):
+        if ids[i:i + len(header)] == header:
+            j = i + len(header)
+            while j < len(ids) and ids[j] != end:
+                labels[j] = ids[j]
+                j += 1
+            if j < len(ids):
+                labels[j] = end
+            i = j + 1
+        else:
+            i += 1
+    return labels
+
+
+def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length: shuffle, sort within windows of 50 batches,
+    shuffle the batches. Deterministic for (seed, epoch)."""
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    grouped = []
+    for start in range(0, len(order), window):
+        grouped += sorted(order[start:start + window], key=lambda i: lengths[i])
+    batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(processor: Processor, examples: list[tuple[list[int], list[int], dict]]) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and labels, and the concatenated media tensors."""
+    width = max(len(ids) for ids, _, _ in examples)
+    pad = processor.pad_token_id
+    batch = {
+        "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _ in examples]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _ in examples]),
+        "labels": torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels, _ in examples]),
+    }
+    for kind, pixels_key, grid_key in (("images", "pixel_values", "image_grid_thw"),
+                                       ("videos", "pixel_values_videos", "video_grid_thw")):
+        items = [item for _, _, media in examples for item in media[kind]]
+        if items:
+            batch[pixels_key] = torch.cat([patches for patches, _ in items])
+            batch[grid_key] = torch.tensor([grid for _, grid in items])
+    return batch

@@ -1,0 +1,204 @@
+"""Supervised fine-tuning: LoRA or full, on image/video conversations, in one or many processes.
+
+Owns: choosing what trains (LoRA adapters on the decoder projections by default; optionally the
+merger, the vision tower, or everything), the loop (AdamW, warmup + cosine, gradient accumulation
+and clipping, gradient checkpointing, bf16 autocast on CUDA), the loss (summed over the global
+batch's label tokens, so N processes compute what one process computes), evaluation, progress and
+JSONL metrics, checkpoints with optimizer/scheduler/RNG state, and resuming.
+Does not own: data (data.py), adapters on disk (lora.py, checkpoint.py), process groups (distributed.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..model import Qwen2VLModel
+from ..processing import Processor
+from .checkpoint import latest_checkpoint, load_state, save_final, save_state
+from .data import IGNORE, DatasetError, batch_order, collate, encode_example, read_records
+from .distributed import Distributed
+from .lora import LoraSettings, apply_lora
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    output: Path
+    mode: str = "lora"  # "lora" or "full"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train_merger: bool = False
+    train_vision: bool = False
+    max_length: int = 4096
+    batch_size: int = 1  # per process and micro-batch
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    eval_every: int = 0
+    save_every: int = 0
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    skip_invalid: bool = False
+
+
+class Trainer:
+    def __init__(self, model: Qwen2VLModel, processor: Processor, settings: TrainSettings, base_dir: Path,
+                 train_file: Path, eval_file: Path | None = None):
+        self.model, self.processor, self.settings, self.base_dir = model, processor, settings, base_dir
+        self.device = next(model.parameters()).device
+        self.dist = Distributed.from_env(self.device)
+        torch.manual_seed(settings.seed)
+        self.trainable = self._select_trainable()
+        self.train = self._records(train_file)
+        self.eval = self._records(eval_file) if eval_file is not None else None
+        self.global_batch = settings.batch_size * settings.grad_accum * self.dist.world
+        steps_per_epoch = math.ceil(len(self.train[0]) / self.global_batch)
+        self.total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+        self.steps_per_epoch = steps_per_epoch
+        params = [p for _, p in self.trainable]
+        self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        warmup = int(settings.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _warmup_cosine(s, warmup,
+                                                                                                 self.total_steps))
+
+    def _select_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        model, s = self.model, self.settings
+        if s.mode == "lora":
+            apply_lora(model, s.lora)
+        else:
+            model.requires_grad_(True)
+            model.visual.requires_grad_(False)
+        model.visual.merger.requires_grad_(s.train_merger or s.train_vision or s.mode == "full")
+        if s.train_vision:
+            model.visual.requires_grad_(True)
+        model.model.gradient_checkpointing = s.gradient_checkpointing
+        model.train()
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def _records(self, path: Path) -> tuple[list, list[int]]:
+        """Records valid on every rank, and their lengths (each rank prepared the media of its shard)."""
+        records, problems = read_records(path, self.processor, self.settings.max_length, skip_invalid=True,
+                                         shard=(self.dist.rank, self.dist.world))
+        shards = self.dist.gather(([(r.line, r.length) for r in records], problems))
+        bad = sorted({p for _, probs in shards for p in probs})
+        if bad and not self.settings.skip_invalid:
+            shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise DatasetError(f"{len(bad)} invalid line(s): {shown} (use --skip-invalid to train without them)")
+        valid_lines = set.intersection(*[{line for line, _ in lines} for lines, _ in shards])
+        lengths = {line: length for lines, _ in shards for line, length in lines if length >= 0}
+        kept = [r for r in records if r.line in valid_lines]
+        if not kept:
+            raise ValueError(f"{path}: no usable training examples")
+        if self.dist.main:
+            for problem in bad:
+                print(f"skipped: {problem}", file=sys.stderr)
+        return kept, [lengths[r.line] for r in kept]
+
+    def run(self, resume: bool = False) -> list[dict]:
+        start = 0
+        if resume:
+            checkpoint = latest_checkpoint(self.settings.output)
+            if checkpoint is not None:
+                start = load_state(checkpoint, self.model, self.trainable, self.optimizer, self.scheduler)
+        rows = []
+        for step in range(start, self.total_steps):
+            row = self._step(step)
+            rows.append(row)
+            last = step + 1 == self.total_steps
+            if self.eval is not None and (last or (self.settings.eval_every and (step + 1) % self.settings.eval_every == 0)):
+                row["eval_loss"] = self.evaluate()
+            self._log(row)
+            if self.settings.save_every and (step + 1) % self.settings.save_every == 0 and not last:
+                self._save_state(step + 1)
+        if self.dist.main:
+            save_final(self.model, self.settings, self.base_dir)
+        self.dist.barrier()
+        return rows
+
+    def _step(self, step: int) -> dict:
+        started = time.perf_counter()
+        epoch, position = divmod(step, self.steps_per_epoch)
+        records, lengths = self.train
+        indices = batch_order(lengths, self.global_batch, self.settings.seed, epoch)[position]
+        mine = [encode_example(self.processor, records[i].messages) for i in indices[self.dist.rank::self.dist.world]]
+        label_tokens = self.dist.sum_(torch.tensor(float(sum(_label_count(ex) for ex in mine))))
+        total_loss = torch.zeros(())
+        size = self.settings.batch_size
+        for micro in (mine[i:i + size] for i in range(0, len(mine), size)):
+            loss_sum = self._loss_sum(collate(self.processor, micro))
+            (loss_sum / label_tokens).backward()
+            total_loss += loss_sum.detach().float().cpu()
+        for _, parameter in self.trainable:
+            if parameter.grad is not None:
+                self.dist.sum_(parameter.grad)
+        torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], self.settings.max_grad_norm)
+        self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = float(self.dist.sum_(total_loss) / label_tokens)
+        tokens = self.dist.sum_(torch.tensor(float(sum(len(ids) for ids, _, _ in mine))))
+        return {"step": step + 1, "epoch": epoch + (position + 1) / self.steps_per_epoch, "loss": loss, "lr": lr,
+                "tokens_per_second": float(tokens) / (time.perf_counter() - started)}
+
+    def _loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            hidden = self.model.hidden_states(**batch)  # [B, T, H]
+            targets = labels[:, 1:]
+            keep = targets != IGNORE
+            logits = self.model.logits(hidden[:, :-1][keep])  # only where a label follows: [N, vocab]
+        return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        records, _ = self.eval
+        mine = records[self.dist.rank::self.dist.world]
+        total, count = torch.zeros(()), torch.zeros(())
+        for record in mine:
+            example = encode_example(self.processor, record.messages)
+            total += self._loss_sum(collate(self.processor, [example])).float().cpu()
+            count += _label_count(example)
+        self.model.train()
+        return float(self.dist.sum_(total) / self.dist.sum_(count))
+
+    def _log(self, row: dict) -> None:
+        if not self.dist.main:
+            return
+        self.settings.output.mkdir(parents=True, exist_ok=True)
+        with (self.settings.output / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        done = row["step"] / self.total_steps
+        bar = "#" * int(25 * done)
+        extra = f" eval {row['eval_loss']:.4f}" if "eval_loss" in row else ""
+        print(f"[{bar:<25}] step {row['step']}/{self.total_steps} loss {row['loss']:.4f}{extra} "
+              f"lr {row['lr']:.2e} {row['tokens_per_second']:.0f} tok/s", file=sys.stderr, flush=True)
+
+    def _save_state(self, step: int) -> None:
+        if self.dist.main:
+            save_state(self.settings, step, self.model, self.trainable, self.optimizer, self.scheduler)
+        self.dist.barrier()
+
+
+def _label_count(example) -> int:
+    _, labels, _ = example
+    return sum(1 for label in labels[1:] if label != IGNORE)
+
+
+def _warmup_cosine(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

@@ -1,0 +1,196 @@
+"""Fine-tuning: LoRA learns, adapters interoperate with PEFT, labels, data validation, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import load_reference_model
+from finetune_data import write_colour_dataset
+from qwen2vl import Qwen2VL, Qwen2VLModel, SamplingParams
+from qwen2vl.finetune import LoraSettings, TrainSettings, finetune, load_trained_adapter
+from qwen2vl.finetune.data import IGNORE, DatasetError, assistant_labels, read_records
+from qwen2vl.finetune.lora import load_adapter
+from qwen2vl.processing import Processor
+
+LORA = LoraSettings(r=8, alpha=16, dropout=0.0)
+
+
+def settings(output: Path, **overrides) -> TrainSettings:
+    base = dict(output=output, lora=LORA, batch_size=4, max_steps=30, lr=5e-3, warmup_ratio=0.1, seed=1)
+    return TrainSettings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft-data")
+    return {"train": write_colour_dataset(root, 24), "eval": write_colour_dataset(root, 8, "eval.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_checkpoint, data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("ft-out")
+    rows = finetune(tiny_checkpoint, data["train"], settings(output, eval_every=10), eval_file=data["eval"])
+    return output, rows
+
+
+def test_lora_training_halves_the_loss(trained):
+    _, rows = trained
+    assert len(rows) == 30
+    assert sum(r["loss"] for r in rows[-5:]) / 5 <= 0.5 * rows[0]["loss"]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [10, 20, 30]
+
+
+def test_metrics_are_written_as_jsonl(trained):
+    output, rows = trained
+    written = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in written] == [r["loss"] for r in rows]
+    assert all({"step", "loss", "lr", "tokens_per_second", "epoch"} <= set(r) for r in written)
+
+
+def test_adapter_is_saved_in_peft_format(trained):
+    output, _ = trained
+    config = json.loads((output / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 8 and config["lora_alpha"] == 16
+    from safetensors.torch import load_file
+
+    keys = load_file(str(output / "adapter_model.safetensors"))
+    assert "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight" in keys
+
+
+def test_adapter_reloads_and_changes_generation(trained, tiny_checkpoint, data):
+    output, _ = trained
+    question = json.loads(data["eval"].read_text().splitlines()[0])["messages"][:1]
+    question[0]["content"][0]["image"] = str(data["eval"].parent / question[0]["content"][0]["image"])
+    greedy = SamplingParams(max_tokens=6, temperature=0)
+    base = Qwen2VL.from_pretrained(tiny_checkpoint).generate([question], greedy)[0].text
+    tuned = Qwen2VL.from_pretrained(tiny_checkpoint, lora=output).generate([question], greedy)[0].text
+    assert tuned != base
+    assert "square" in tuned
+
+
+def _image_conversation(data):
+    messages = json.loads(data["eval"].read_text().splitlines()[1])["messages"]
+    messages[0]["content"][0]["image"] = str(data["eval"].parent / messages[0]["content"][0]["image"])
+    return messages
+
+
+def test_peft_loads_our_adapter_and_gives_our_logits(trained, tiny_checkpoint, data):
+    from peft import PeftModel
+
+    output, _ = trained
+    processor = Processor.from_pretrained(tiny_checkpoint)
+    inputs = processor(_image_conversation(data))
+    ours = Qwen2VLModel.from_pretrained(tiny_checkpoint)
+    load_adapter(ours, output)
+    reference = PeftModel.from_pretrained(load_reference_model(tiny_checkpoint), str(output)).eval()
+    with torch.inference_mode():
+        expected = reference(**inputs).logits
+        actual = ours.eval()(**inputs)
+    assert (actual - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_merged_checkpoint_equals_the_adapter_applied_model(trained, tiny_checkpoint, data, tmp_path):
+    output, _ = trained
+    merged_dir = tmp_path / "merged"
+    out = subprocess.run([sys.executable, "-m", "qwen2vl.cli", "merge", str(tiny_checkpoint), str(output),
+                          str(merged_dir)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    inputs = Processor.from_pretrained(merged_dir)(_image_conversation(data))
+    adapted = Qwen2VLModel.from_pretrained(tiny_checkpoint)
+    load_adapter(adapted, output)
+    merged = Qwen2VLModel.from_pretrained(str(merged_dir))
+    with torch.inference_mode():
+        expected, actual = adapted.eval()(**inputs), merged(**inputs)
+    assert (actual - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_labels_cover_exactly_the_assistant_answers_and_their_end_tokens(tiny_checkpoint, data):
+    processor = Processor.from_pretrained(tiny_checkpoint)
+    image = _image_conversation(data)[0]["content"][0]
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [image, {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": [image, {"type": "text", "text": "Sure?"}]},
+        {"role": "assistant", "content": "Yes, blue."},
+    ]
+    ids, _, _ = processor.encode_conversation(conversation, add_generation_prompt=False)
+    labels = assistant_labels(processor, ids)
+    labelled = [token for token, label in zip(ids, labels) if label != IGNORE]
+    tokenizer = processor.tokenizer
+    end = tokenizer.token_to_id("<|im_end|>")
+    expected = tokenizer.encode("Blue.").ids + [end] + tokenizer.encode("Yes, blue.").ids + [end]
+    assert labelled == expected
+    assert all(label in (IGNORE, token) for token, label in zip(ids, labels))
+
+
+def test_invalid_lines_are_reported_with_line_numbers(tiny_checkpoint, data, tmp_path):
+    good = data["train"].read_text().splitlines()[0]
+    lines = [good, "{not json", json.dumps([{"role": "user", "content": "no answer"}]),
+             good.replace("img/train.jsonl-0.png", "img/missing.png"), good]
+    path = data["train"].parent / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    processor = Processor.from_pretrained(tiny_checkpoint)
+    with pytest.raises(DatasetError) as error:
+        read_records(path, processor, max_length=4096)
+    message = str(error.value)
+    assert "3 invalid line(s)" in message and "line 2:" in message and "line 3: no assistant turn" in message
+    assert "line 4: image 1: no such file" in message
+    records, problems = read_records(path, processor, max_length=4096, skip_invalid=True)
+    assert [r.line for r in records] == [1, 5] and len(problems) == 3
+    with pytest.raises(DatasetError, match="line 1: .* is above --max-length 10"):
+        read_records(data["train"], processor, max_length=10)
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_losses(tiny_checkpoint, data, tmp_path):
+    dropout = LoraSettings(r=8, alpha=16, dropout=0.1)  # randomness in every step: the RNG state must resume too
+    full = finetune(tiny_checkpoint, data["train"], settings(tmp_path / "a", lora=dropout, max_steps=6, save_every=3))
+    resumed_dir = tmp_path / "b"
+    resumed_dir.mkdir()
+    os.rename(tmp_path / "a" / "checkpoint-3", resumed_dir / "checkpoint-3")
+    resumed = finetune(tiny_checkpoint, data["train"], settings(resumed_dir, lora=dropout, max_steps=6, save_every=3),
+                       resume=True)
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full[3:]], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(tiny_checkpoint, data, tmp_path):
+    common = ["--data", str(data["train"]), "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0",
+              "--max-steps", "5", "--lr", "5e-3", "--seed", "1"]
+    one = subprocess.run([sys.executable, "-m", "qwen2vl.cli", "finetune", str(tiny_checkpoint), *common,
+                          "--batch-size", "4", "--output", str(tmp_path / "one")], capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          "29512", "-m", "qwen2vl.cli", "finetune", str(tiny_checkpoint), *common, "--batch-size", "2",
+                          "--output", str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+              for d in ("one", "two")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("one", "two"))
+    assert a.keys() == b.keys()
+    assert all((a[k] - b[k]).abs().max() <= 1e-3 * a[k].abs().max() for k in a)  # float rounding through Adam
+
+
+def test_finetune_cli_trains_and_generate_uses_the_adapter(tiny_checkpoint, data, tmp_path):
+    output = tmp_path / "cli-out"
+    run = subprocess.run([sys.executable, "-m", "qwen2vl.cli", "finetune", str(tiny_checkpoint), "--data",
+                          str(data["train"]), "--output", str(output), "--max-steps", "3", "--batch-size", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "step 3/3" in run.stderr and (output / "adapter_model.safetensors").is_file()
+    answer = subprocess.run([sys.executable, "-m", "qwen2vl.cli", "generate", str(tiny_checkpoint), "--lora",
+                             str(output), "--prompt", "Hi", "--max-tokens", "3"], capture_output=True, text=True,
+                            timeout=300)
+    assert answer.returncode == 0, answer.stderr
