@@ -14,7 +14,7 @@ import torch
 from conftest import load_reference_model
 from finetune_data import write_colour_dataset
 from qwen2vl import Qwen2VL, Qwen2VLModel, SamplingParams
-from qwen2vl.finetune import LoraSettings, TrainSettings, finetune, load_trained_adapter
+from qwen2vl.finetune import LoraSettings, TrainSettings, finetune
 from qwen2vl.finetune.data import IGNORE, DatasetError, assistant_labels, read_records
 from qwen2vl.finetune.lora import load_adapter
 from qwen2vl.processing import Processor

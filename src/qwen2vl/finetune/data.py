@@ -69,9 +69,14 @@ def read_records(path: Path, processor: Processor, max_length: int, skip_invalid
         except (ValueError, InvalidInputError) as error:
             problems.append(f"{path.name} line {number}: {error}")
     if problems and not skip_invalid:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise DatasetError(f"{len(problems)} invalid line(s): {shown} (use --skip-invalid to train without them)")
+        raise invalid_lines(problems)
     return records, problems
+
+
+def invalid_lines(problems: list[str]) -> DatasetError:
+    """One error listing (the first few) invalid lines."""
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    return DatasetError(f"{len(problems)} invalid line(s): {shown} (use --skip-invalid to train without them)")
 
 
 def _messages(obj: Any, base: Path) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..model import Qwen2VLModel
 from ..processing import Processor
 from .checkpoint import latest_checkpoint, load_state, save_final, save_state
-from .data import IGNORE, DatasetError, batch_order, collate, encode_example, read_records
+from .data import IGNORE, batch_order, collate, encode_example, invalid_lines, read_records
 from .distributed import Distributed
 from .lora import LoraSettings, apply_lora
 
@@ -92,13 +92,12 @@ class Trainer:
         shards = self.dist.gather(([(r.line, r.length) for r in records], problems))
         bad = sorted({p for _, probs in shards for p in probs})
         if bad and not self.settings.skip_invalid:
-            shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise DatasetError(f"{len(bad)} invalid line(s): {shown} (use --skip-invalid to train without them)")
+            raise invalid_lines(bad)
         valid_lines = set.intersection(*[{line for line, _ in lines} for lines, _ in shards])
         lengths = {line: length for lines, _ in shards for line, length in lines if length >= 0}
         kept = [r for r in records if r.line in valid_lines]
         if not kept:
-            raise ValueError(f"{path}: no usable training examples")
+            raise invalid_lines(bad or [f"{path.name}: no usable examples"])
         if self.dist.main:
             for problem in bad:
                 print(f"skipped: {problem}", file=sys.stderr)
