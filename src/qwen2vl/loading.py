@@ -16,6 +16,7 @@ from .config import ModelConfig
 from .errors import ConfigError
 from .hub import resolve_model_dir
 from .model import Qwen2VLModel
+from .quant.int8 import int8_structure, quantize_int8, read_marker
 from .weights import load_weights
 
 _DTYPES = {
@@ -47,14 +48,23 @@ def load_model(
     device: str | torch.device = "cpu",
     revision: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    quantize: str | None = None,
 ) -> Qwen2VLModel:
-    """`progress(done_bytes, total_bytes)` is called while weights load."""
+    """`progress(done_bytes, total_bytes)` is called while weights load. `quantize="int8"` swaps the
+    projections for int8 ones after loading; a checkpoint saved in int8 loads as int8 directly."""
     directory = resolve_model_dir(name, revision)
     config = ModelConfig.from_file(directory / "config.json")
-    target = parse_dtype(dtype, config)
+    saved_int8 = read_marker(directory)
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"unsupported quantization '{quantize}' (supported: int8)")
+    target = torch.float32 if (saved_int8 or quantize) else parse_dtype(dtype, config)
     with torch.device("meta"):
         model = Qwen2VLModel(config)
+        if saved_int8:
+            int8_structure(model, saved_int8)
     ignored = frozenset({"lm_head.weight"}) if config.text.tie_word_embeddings else frozenset()
     load_weights(model, directory, target, torch.device(device), ignored, progress)
+    if quantize and not saved_int8:
+        quantize_int8(model)
     model.requires_grad_(False)
     return model.eval()

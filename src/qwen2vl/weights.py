@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import shutil
 import struct
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -23,6 +24,8 @@ from safetensors.torch import save_file
 
 from .errors import CheckpointError
 
+HUB_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.json",
+             "preprocessor_config.json", "generation_config.json")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -187,3 +190,10 @@ def save_checkpoint(
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / INDEX_FILE).write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
+def copy_hub_files(source: Path, target: Path) -> None:
+    """The checkpoint's non-weight files (config, tokenizer, template, processor, generation)."""
+    for name in HUB_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)

@@ -17,14 +17,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..weights import save_checkpoint
+from ..weights import copy_hub_files, save_checkpoint
 from .lora import load_adapter, lora_modules, merge_lora, save_adapter
 
 TRAINABLE_FILE = "trainable.safetensors"
 STATE_FILE = "trainer_state.pt"
 EXTRA_FILE = "extra_weights.safetensors"
-HUB_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.json",
-             "preprocessor_config.json", "generation_config.json")
 
 
 def latest_checkpoint(output: Path) -> Path | None:
@@ -78,9 +76,7 @@ def save_plain_model(model, output: Path, base_dir: Path) -> None:
     tensors = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters()
                if not (tied and name == "lm_head.weight")}
     save_checkpoint(tensors, output, max_shard_bytes=4_000_000_000)
-    for name in HUB_FILES:
-        if (base_dir / name).is_file():
-            shutil.copyfile(base_dir / name, output / name)
+    copy_hub_files(base_dir, output)
 
 
 def load_trained_adapter(model, directory: str | Path) -> None:

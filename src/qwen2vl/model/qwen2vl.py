@@ -132,5 +132,6 @@ class Qwen2VLModel(nn.Module):
         return self.model(embeds, cos, sin, mask, cache)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return project(hidden, weight)
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
+        return project(hidden, self.model.embed_tokens.weight)  # tied embeddings
