@@ -22,7 +22,7 @@ def picture(tmp_path_factory):
     return write_image(tmp_path_factory.mktemp("cli"), "picture.png", 120, 160)
 
 
-@pytest.mark.parametrize("command", ["generate", "chat", "serve"])
+@pytest.mark.parametrize("command", ["generate", "chat", "serve", "finetune", "merge", "quantize"])
 def test_every_subcommand_has_help_with_examples(command):
     out = qwen2vl(command, "--help")
     assert out.returncode == 0

@@ -1,7 +1,7 @@
-"""`qwen2vl finetune` and `qwen2vl merge`: train an adapter or a full model, fold an adapter in.
+"""`qwen2vl finetune`, `merge` and `quantize`: train, fold an adapter in, write an int8 copy.
 
-Owns: turning flags into TrainSettings and calling the fine-tuning API; merging an adapter into a
-base checkpoint written in the Hub layout. Does not own: training itself (finetune/).
+Owns: turning flags into TrainSettings and calling the fine-tuning API; writing derived checkpoints
+in the Hub layout (adapter merged, or int8). Does not own: training or quantizing (finetune/, quant/).
 """
 
 from __future__ import annotations
@@ -64,6 +64,15 @@ def register(subparsers) -> None:
     merge.add_argument("output", type=Path)
     merge.set_defaults(run=run_merge)
 
+    quantize = subparsers.add_parser("quantize", help="write an int8 copy of a model",
+                                     description="Write MODEL with int8 projections; it loads as int8 without re-quantizing.",
+                                     epilog="example:\n  qwen2vl quantize Qwen/Qwen2-VL-2B-Instruct qwen2-vl-2b-int8\n"
+                                            "  qwen2vl generate qwen2-vl-2b-int8 --prompt Hi",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    quantize.add_argument("model")
+    quantize.add_argument("output", type=Path)
+    quantize.set_defaults(run=run_quantize)
+
 
 def run(args: argparse.Namespace) -> int:
     from ..finetune import LoraSettings, TrainSettings, finetune
@@ -91,5 +100,16 @@ def run_merge(args: argparse.Namespace) -> int:
     model = load_model(directory, dtype="float32")
     load_trained_adapter(model, args.adapter)
     save_plain_model(model, args.output, directory)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from ..hub import resolve_model_dir
+    from ..loading import load_model
+    from ..quant.int8 import save_int8_checkpoint
+
+    directory = resolve_model_dir(args.model)
+    save_int8_checkpoint(load_model(directory, quantize="int8"), args.output, directory)
     print(f"wrote {args.output}")
     return 0

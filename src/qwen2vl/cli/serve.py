@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                          allow_local_files=root is not None, local_media_root=root)
     llm = Qwen2VL.from_pretrained(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
                                   max_batch_size=args.max_batch_size, vision_cache_mb=args.vision_cache_mb,
-                                  limits=limits, progress=ProgressBar(f"loading {args.model}"), lora=args.lora)
+                                  limits=limits, progress=ProgressBar(f"loading {args.model}"), lora=args.lora,
+                                  quantize=args.quantize)
     print(f"serving {settings.served_model_name} on http://{args.host}:{args.port}/v1", flush=True)
     serve(create_app(llm, settings), args.host, args.port, args.graceful_shutdown_seconds)
     return 0
