@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 
     merge = subparsers.add_parser("merge", help="merge a LoRA adapter into a base model",
                                   description="Write BASE with ADAPTER merged in, as a full checkpoint in the Hub layout.",
-                                  epilog="example:\n  qwen2vl merge Qwen/Qwen2-VL-2B-Instruct runs/invoices merged-model",
+                                  epilog="examples:\n  qwen2vl merge Qwen/Qwen2-VL-2B-Instruct runs/invoices merged-model",
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     merge.add_argument("base")
     merge.add_argument("adapter", type=Path)
@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 
     quantize = subparsers.add_parser("quantize", help="write an int8 copy of a model",
                                      description="Write MODEL with int8 projections; it loads as int8 without re-quantizing.",
-                                     epilog="example:\n  qwen2vl quantize Qwen/Qwen2-VL-2B-Instruct qwen2-vl-2b-int8\n"
+                                     epilog="examples:\n  qwen2vl quantize Qwen/Qwen2-VL-2B-Instruct qwen2-vl-2b-int8\n"
                                             "  qwen2vl generate qwen2-vl-2b-int8 --prompt Hi",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     quantize.add_argument("model")
