@@ -10,13 +10,13 @@ import argparse
 import sys
 
 from ..errors import Qwen2VLError
-from . import chat, finetune, generate, serve
+from . import bench, chat, finetune, generate, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen2vl", description="Run Qwen2-VL vision-language models.")
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
-    for module in (generate, chat, serve, finetune):
+    for module in (generate, chat, serve, finetune, bench):
         module.register(subparsers)
     return parser
 

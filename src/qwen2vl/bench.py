@@ -1,0 +1,178 @@
+"""`qwen2vl bench`: our engine against transformers on the same checkpoint, in one run, as ratios.
+
+Owns: measuring, each implementation in a fresh process of its own (so peak memory is its own):
+load time, vision-encoder time for 448² and 896² images, prefill (image + text) time, time to first
+token, decode tokens/s at batch 1 and aggregate at batch 8, and peak RSS; the machine's own
+memory bandwidth and fp32 GEMM rate, to express each figure as a fraction of the roofline; int8's
+accuracy against float32 (relative error of final hidden states, top-1 agreement). Does not own:
+any of the machinery measured.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+PROMPT = "Describe this picture in detail, including colours, shapes and any text you can read."
+
+
+def _picture(side: int) -> Image.Image:
+    rng = np.random.default_rng(side)
+    y, x = np.mgrid[0:side, 0:side]
+    image = np.stack([x * 255 // side, y * 255 // side, (x ^ y) % 256], -1) + rng.integers(0, 30, (side, side, 3))
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+def _conversation(image: Image.Image | None, text: str = PROMPT) -> list[dict]:
+    parts = ([{"type": "image", "image": image}] if image is not None else []) + [{"type": "text", "text": text}]
+    return [{"role": "user", "content": parts}]
+
+
+def _seconds(function: Callable[[], Any], repeat: int = 1) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _peak_rss_gib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20
+
+
+def measure_ours(directory: str, tokens: int, quantize: str | None) -> dict[str, float]:
+    from .engine import Qwen2VL, SamplingParams
+
+    start = time.perf_counter()
+    llm = Qwen2VL.from_pretrained(directory, quantize=quantize, vision_cache_mb=0, max_model_len=4096)
+    out: dict[str, float] = {"load_s": time.perf_counter() - start}
+    model, engine = llm.model, llm.engine
+    with torch.inference_mode():
+        for side in (448, 896):
+            inputs = llm.processor(_conversation(_picture(side)))
+            encode = lambda: model.encode_vision(inputs["pixel_values"], inputs["image_grid_thw"], "image")  # noqa: E731
+            out[f"vision_{side}_s"] = _seconds(encode)
+        inputs = llm.processor(_conversation(_picture(448)))
+        out["prefill_448_s"] = _seconds(lambda: model(**inputs))
+        out["prefill_tokens"] = inputs["input_ids"].shape[1]
+    out["ttft_448_s"] = _seconds(lambda: llm.generate([_conversation(_picture(448))], SamplingParams(max_tokens=1,
+                                                                                                     temperature=0)))
+    for batch in (1, 8):
+        ids = [engine.add_request(engine.prepare(_conversation(None, f"{i}: {PROMPT}")),
+                                  SamplingParams(max_tokens=tokens, temperature=0)) for i in range(batch)]
+        engine.step()  # prefill (and the first token of each)
+        start = time.perf_counter()
+        while engine.has_unfinished():
+            engine.step()
+        out[f"decode_b{batch}_tok_s"] = batch * (tokens - 1) / (time.perf_counter() - start)
+        for rid in ids:
+            engine.release(rid)
+    out["peak_rss_gib"] = _peak_rss_gib()
+    return out
+
+
+def measure_transformers(directory: str, tokens: int) -> dict[str, float]:
+    import warnings
+
+    from transformers import Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    warnings.simplefilter("ignore")
+    start = time.perf_counter()
+    model = Qwen2VLForConditionalGeneration.from_pretrained(directory, dtype=torch.float32,
+                                                            attn_implementation="sdpa").eval()
+    processor = Qwen2VLProcessor.from_pretrained(directory)
+    out: dict[str, float] = {"load_s": time.perf_counter() - start}
+    processor.tokenizer.padding_side = "left"
+
+    def prepare(conversations, images=None):
+        texts = [processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        return processor(text=texts, images=images, padding=True, return_tensors="pt")
+
+    def generate(inputs, new):
+        return model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False, top_k=None,
+                              top_p=None, temperature=None)
+
+    with torch.inference_mode():
+        for side in (448, 896):
+            inputs = prepare([_conversation(_picture(side))], [_picture(side)])
+            out[f"vision_{side}_s"] = _seconds(lambda: model.model.visual(inputs["pixel_values"],
+                                                                          grid_thw=inputs["image_grid_thw"]))
+        inputs = prepare([_conversation(_picture(448))], [_picture(448)])
+        out["prefill_448_s"] = _seconds(lambda: model(**inputs))
+        out["prefill_tokens"] = inputs["input_ids"].shape[1]
+        out["ttft_448_s"] = _seconds(lambda: generate(prepare([_conversation(_picture(448))], [_picture(448)]), 1))
+        for batch in (1, 8):
+            inputs = prepare([_conversation(None, f"{i}: {PROMPT}") for i in range(batch)])
+            first = _seconds(lambda: generate(inputs, 1))
+            total = _seconds(lambda: generate(inputs, tokens))
+            out[f"decode_b{batch}_tok_s"] = batch * (tokens - 1) / (total - first)
+    out["peak_rss_gib"] = _peak_rss_gib()
+    return out
+
+
+def measure_int8_accuracy(directory: str) -> dict[str, float]:
+    """Final hidden states and next-token choices of int8 against float32 over a fixed prompt set."""
+    from .loading import load_model
+    from .processing import Processor
+
+    processor = Processor.from_pretrained(directory)
+    prompts = [_conversation(_picture(224 + 56 * i), f"Question {i}: {PROMPT}") for i in range(4)] + [
+        _conversation(None, text) for text in ("Write a haiku about rain.", "What is 17 times 23?",
+                                               "Translate 'good morning' into French.", "List three prime numbers.")]
+    results = []
+    for quantize in (None, "int8"):
+        model = load_model(directory, quantize=quantize)
+        with torch.inference_mode():
+            results.append([model.hidden_states(**processor(p)) for p in prompts])
+        del model
+    errors, agree, total = [], 0, 0
+    reference_model = load_model(directory)
+    with torch.inference_mode():
+        for exact, approx in zip(*results):
+            errors.append(float((approx - exact).norm() / exact.norm()))
+            same = reference_model.logits(exact).argmax(-1) == reference_model.logits(approx).argmax(-1)
+            agree += int(same.sum())
+            total += same.numel()
+    return {"hidden_relative_error": float(np.mean(errors)), "top1_agreement": agree / total}
+
+
+def measure_machine() -> dict[str, float]:
+    data = torch.ones(256 * 2**20)  # 1 GiB of float32
+    data.sum()
+    bandwidth = data.numel() * 4 / _seconds(lambda: data.sum(), 5) / 1e9
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    gemm = 2 * 2048**3 / _seconds(lambda: a @ b, 5) / 1e9
+    return {"bandwidth_gb_s": bandwidth, "gemm_gflops": gemm}
+
+
+def run_worker(kind: str, directory: str, tokens: int) -> dict[str, float]:
+    """One measurement in a fresh process; returns its JSON result."""
+    command = [sys.executable, "-m", "qwen2vl.bench", kind, directory, str(tokens)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _main() -> None:
+    kind, directory, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    measures = {"ours": lambda: measure_ours(directory, tokens, None),
+                "ours-int8": lambda: measure_ours(directory, tokens, "int8"),
+                "transformers": lambda: measure_transformers(directory, tokens),
+                "int8-accuracy": lambda: measure_int8_accuracy(directory),
+                "machine": measure_machine}
+    print(json.dumps(measures[kind]()))
+
+
+if __name__ == "__main__":
+    _main()
