@@ -194,3 +194,25 @@ def test_finetune_cli_trains_and_generate_uses_the_adapter(tiny_checkpoint, data
                              str(output), "--prompt", "Hi", "--max-tokens", "3"], capture_output=True, text=True,
                             timeout=300)
     assert answer.returncode == 0, answer.stderr
+
+
+def test_an_adapter_made_by_peft_loads_into_our_model(tiny_checkpoint, data, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    reference = get_peft_model(load_reference_model(tiny_checkpoint), LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)  # PEFT starts B at zero; make the adapter do something
+    reference.save_pretrained(str(tmp_path / "peft-adapter"))
+    inputs = Processor.from_pretrained(tiny_checkpoint)(_image_conversation(data))
+    ours = Qwen2VLModel.from_pretrained(tiny_checkpoint)
+    load_adapter(ours, tmp_path / "peft-adapter")
+    with torch.inference_mode():
+        expected = reference.eval()(**inputs).logits
+        actual = ours.eval()(**inputs)
+        base = Qwen2VLModel.from_pretrained(tiny_checkpoint)(**inputs)
+    assert not torch.allclose(base, expected)
+    assert (actual - expected).abs().max() <= 1e-4 * expected.abs().max()
