@@ -93,3 +93,10 @@ def test_chat_keeps_going_after_a_bad_attachment(tiny_checkpoint, tmp_path):
     assert out.returncode == 0
     assert "error: image 1: no such file" in out.stderr
     assert out.stderr.count("[prefill") == 1
+
+
+def test_generate_draws_the_answers_boxes(tiny_checkpoint, picture, tmp_path):
+    out = qwen2vl("generate", tiny_checkpoint, "--image", picture, "--prompt", "Where is it?", "--max-tokens", 3,
+                  "--draw-boxes", tmp_path / "boxes.png")
+    assert out.returncode == 0, out.stderr
+    assert "box(es) on" in out.stderr and (tmp_path / "boxes.png").is_file()

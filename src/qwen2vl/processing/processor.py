@@ -25,6 +25,8 @@ from .media import load_image
 from .video import VideoOptions, prepare_video
 
 Conversation = Sequence[Mapping[str, Any]]
+GROUNDING_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+                    "<|quad_start|>", "<|quad_end|>")
 
 
 class Processor:
@@ -45,6 +47,8 @@ class Processor:
         self.video_token_id = video_token_id
         self.pad_token_id = pad_token_id
         self.limits = limits or MediaLimits()
+        self._hidden_ids = frozenset(i for i, token in tokenizer.get_added_tokens_decoder().items()
+                                     if token.special and token.content not in GROUNDING_TOKENS)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, limits: MediaLimits | None = None) -> "Processor":
@@ -150,7 +154,11 @@ class Processor:
                 raise LimitExceededError(f"{prefix}{count} {kind}s in one conversation is above the limit of {limit}")
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        """Text of `ids`. Skipping special tokens keeps the grounding ones (object_ref, box, quad),
+        which carry the model's answer when it locates things."""
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._hidden_ids]
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
 def _checked_image_options(options: Mapping[str, Any], label: str) -> dict[str, int]:
