@@ -1,0 +1,216 @@
+"""Synthetic visual tasks, seeded and reproducible: the training and test data of the demo model.
+
+Owns: rendering scenes of coloured shapes, text and moving balls at varied sizes and aspect ratios,
+and turning them into conversations with one checkable answer each:
+- colour of a named shape, shape of a named colour, counting shapes of a colour;
+- reading a rendered number or short word (OCR);
+- grounding: the box of a named shape in Qwen2-VL's format (coordinates normalised to 0-1000);
+- comparing two pictures (which has more shapes);
+- a short video: which way the ball moves (needs the frames' order).
+`write_dataset` writes the images and a JSONL file in the fine-tuning format, with each line's task
+and answer beside its messages. Does not own: training or scoring models.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .grounding import Box, box_to_text
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 20),
+           "purple": (140, 60, 180), "orange": (245, 130, 30)}
+SHAPES = ("circle", "square", "triangle")
+WORDS = ("cat", "sun", "map", "box", "red", "tree", "fish", "milk", "star", "door", "moon", "book")
+DIRECTIONS = ("left", "right", "up", "down")
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    colour: str
+    box: tuple[int, int, int, int]  # pixels: left, top, right, bottom
+
+
+@dataclass(frozen=True)
+class Sample:
+    task: str
+    messages: list[dict]
+    answer: str
+    images: dict[str, Image.Image]  # file name -> picture (frames of a video included)
+
+
+def _size(rng: random.Random) -> tuple[int, int]:
+    """Width and height between 112 and 448 pixels, aspect ratios from 1:2 to 2:1."""
+    width = rng.randrange(112, 449, 28)
+    height = max(112, min(448, int(width * rng.choice((0.5, 0.75, 1.0, 1.33, 2.0))) // 28 * 28))
+    return width, height
+
+
+def _place(rng: random.Random, size: tuple[int, int], count: int, taken: list | None = None) -> list[tuple]:
+    """Up to `count` non-overlapping square boxes (side 36-80 px, scaled to the image) inside the image."""
+    width, height = size
+    boxes = list(taken or [])
+    placed = []
+    for _ in range(count * 40):
+        if len(placed) == count:
+            break
+        side = rng.randint(36, max(37, min(80, min(width, height) // 2)))
+        x, y = rng.randint(4, width - side - 4), rng.randint(4, height - side - 4)
+        box = (x, y, x + side, y + side)
+        if all(box[2] + 6 < b[0] or b[2] + 6 < box[0] or box[3] + 6 < b[1] or b[3] + 6 < box[1] for b in boxes):
+            boxes.append(box)
+            placed.append(box)
+    return placed
+
+
+def _scene(rng: random.Random, shapes: list[tuple[str, str]], size: tuple[int, int]) -> tuple[Image.Image, list[Shape]]:
+    image = Image.new("RGB", size, (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    drawn = []
+    for (kind, colour), box in zip(shapes, _place(rng, size, len(shapes))):
+        fill = COLOURS[colour]
+        if kind == "circle":
+            draw.ellipse(box, fill=fill)
+        elif kind == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([((box[0] + box[2]) // 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=fill)
+        drawn.append(Shape(kind, colour, box))
+    return image, drawn
+
+
+def _question(image_names: list[str], text: str, video: list[str] | None = None) -> list[dict]:
+    parts = [{"type": "image", "image": name} for name in image_names]
+    if video is not None:
+        parts.append({"type": "video", "video": video})
+    return [{"role": "user", "content": parts + [{"type": "text", "text": text}]}]
+
+
+def _distinct_shapes(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    kinds = rng.sample(SHAPES, min(count, len(SHAPES)))
+    colours = rng.sample(list(COLOURS), len(kinds))
+    return list(zip(kinds, colours))
+
+
+def colour_task(rng: random.Random, key: str) -> Sample:
+    image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, 3)), _size(rng))
+    target = rng.choice(shapes)
+    return Sample("colour", _question([f"{key}.png"], f"What colour is the {target.kind}?"), target.colour,
+                  {f"{key}.png": image})
+
+
+def shape_task(rng: random.Random, key: str) -> Sample:
+    image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, 3)), _size(rng))
+    target = rng.choice(shapes)
+    return Sample("shape", _question([f"{key}.png"], f"What shape is {target.colour}?"), target.kind,
+                  {f"{key}.png": image})
+
+
+def count_task(rng: random.Random, key: str) -> Sample:
+    colour = rng.choice(list(COLOURS))
+    others = [c for c in COLOURS if c != colour]
+    wanted = rng.randint(0, 4)
+    items = [(rng.choice(SHAPES), colour) for _ in range(wanted)]
+    items += [(rng.choice(SHAPES), rng.choice(others)) for _ in range(rng.randint(0, 3))]
+    rng.shuffle(items)
+    image, shapes = _scene(rng, items, (rng.randrange(280, 449, 28), rng.randrange(224, 449, 28)))
+    count = sum(1 for s in shapes if s.colour == colour)
+    return Sample("count", _question([f"{key}.png"], f"How many {colour} shapes are there?"), str(count),
+                  {f"{key}.png": image})
+
+
+def ocr_task(rng: random.Random, key: str) -> Sample:
+    text = rng.choice(WORDS) if rng.random() < 0.5 else str(rng.randint(0, 9999))
+    width, height = _size(rng)
+    image = Image.new("RGB", (width, height), (250, 250, 250))
+    font = ImageFont.load_default(size=rng.randint(28, 44))
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x = rng.randint(0, max(0, width - (right - left) - 4))
+    y = rng.randint(0, max(0, height - (bottom - top) - 4))
+    draw.text((x - left, y - top), text, font=font, fill=(20, 20, 20))
+    return Sample("ocr", _question([f"{key}.png"], "What is written in the picture?"), text, {f"{key}.png": image})
+
+
+def grounding_task(rng: random.Random, key: str) -> Sample:
+    image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, 3)), _size(rng))
+    target = rng.choice(shapes)
+    phrase = f"the {target.colour} {target.kind}"
+    answer = box_to_text(Box(*target.box, label=phrase), image.size)
+    return Sample("grounding", _question([f"{key}.png"], f"Locate {phrase}."), answer, {f"{key}.png": image})
+
+
+def compare_task(rng: random.Random, key: str) -> Sample:
+    counts = rng.sample(range(1, 6), 2)
+    pictures = {}
+    for i, count in enumerate(counts):
+        items = [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(count)]
+        image, shapes = _scene(rng, items, (rng.randrange(224, 449, 28), rng.randrange(224, 449, 28)))
+        counts[i] = len(shapes)
+        pictures[f"{key}-{i}.png"] = image
+    answer = "the first" if counts[0] > counts[1] else "the second"
+    if counts[0] == counts[1]:
+        return compare_task(rng, key)
+    return Sample("compare", _question(list(pictures), "Which picture has more shapes?"), answer, pictures)
+
+
+def direction_task(rng: random.Random, key: str) -> Sample:
+    direction = rng.choice(DIRECTIONS)
+    width, height = rng.choice(((224, 168), (196, 196), (252, 140)))
+    radius, frames = 14, 6
+    dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[direction]
+    room = width if dx else height
+    step = min(24, (room - 2 * radius - 8) // (frames - 1))  # the whole path fits inside the frame
+    span_x, span_y = abs(dx) * step * (frames - 1), abs(dy) * step * (frames - 1)
+    start_x = rng.randint(radius + (span_x if dx < 0 else 0), width - radius - (span_x if dx > 0 else 0))
+    start_y = rng.randint(radius + (span_y if dy < 0 else 0), height - radius - (span_y if dy > 0 else 0))
+    colour = COLOURS[rng.choice(list(COLOURS))]
+    pictures = {}
+    for f in range(frames):
+        frame = Image.new("RGB", (width, height), (250, 250, 250))
+        cx, cy = start_x + dx * step * f, start_y + dy * step * f
+        ImageDraw.Draw(frame).ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
+        pictures[f"{key}-f{f}.png"] = frame
+    messages = _question([], "Which way does the ball move?", video=list(pictures))
+    return Sample("direction", messages, direction, pictures)
+
+
+TASKS: dict[str, Callable[[random.Random, str], Sample]] = {
+    "colour": colour_task, "shape": shape_task, "count": count_task, "ocr": ocr_task,
+    "grounding": grounding_task, "compare": compare_task, "direction": direction_task,
+}
+
+
+def samples(count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS)) -> list[Sample]:
+    """`count` samples cycling through `tasks`, the same for the same seed."""
+    rng = random.Random(seed)
+    return [TASKS[tasks[i % len(tasks)]](rng, f"s{seed}-{i:06d}") for i in range(count)]
+
+
+def write_dataset(directory: str | Path, count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS),
+                  name: str = "data.jsonl") -> Path:
+    """Images under directory/media/ and one JSONL line per sample: messages (with the answer as the
+    assistant turn, media paths relative to the file), task and answer."""
+    directory = Path(directory)
+    (directory / "media").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for sample in samples(count, seed, tasks):
+        for file, image in sample.images.items():
+            image.save(directory / "media" / file)
+        messages = json.loads(json.dumps(sample.messages))
+        for part in messages[0]["content"]:
+            if part.get("type") == "image":
+                part["image"] = f"media/{part['image']}"
+            elif part.get("type") == "video":
+                part["video"] = [f"media/{frame}" for frame in part["video"]]
+        messages.append({"role": "assistant", "content": sample.answer})
+        lines.append(json.dumps({"task": sample.task, "answer": sample.answer, "messages": messages}))
+    path = directory / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,89 @@
+"""The synthetic task generator: reproducible, answers that agree with the pictures, loadable data."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from qwen2vl.grounding import parse_boxes
+from qwen2vl.synthetic import COLOURS, TASKS, samples, write_dataset
+
+
+def image_bytes(sample):
+    out = []
+    for name, image in sorted(sample.images.items()):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        out.append((name, buffer.getvalue()))
+    return out
+
+
+def test_the_same_seed_gives_the_same_samples():
+    first, second = samples(14, seed=5), samples(14, seed=5)
+    assert [(s.task, s.answer, s.messages) for s in first] == [(s.task, s.answer, s.messages) for s in second]
+    assert [image_bytes(s) for s in first] == [image_bytes(s) for s in second]
+
+
+def test_another_seed_gives_other_samples():
+    assert [s.answer for s in samples(14, seed=5)] != [s.answer for s in samples(14, seed=6)]
+
+
+def test_every_task_appears_and_image_sizes_vary():
+    batch = samples(70, seed=1)
+    assert {s.task for s in batch} == set(TASKS)
+    sizes = {image.size for s in batch for image in s.images.values()}
+    assert len(sizes) >= 8
+
+
+def colour_mask(image, colour):
+    pixels = np.asarray(image).astype(int)
+    return (np.abs(pixels - np.array(COLOURS[colour])).sum(-1) < 10)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_grounding_answers_box_the_named_shape(seed):
+    sample = samples(1, seed=seed, tasks=("grounding",))[0]
+    image = next(iter(sample.images.values()))
+    (box,) = parse_boxes(sample.answer, image.size)
+    colour = box.label.split()[1]
+    mask = colour_mask(image, colour)
+    ys, xs = np.nonzero(mask)
+    assert box.x1 - 2 <= xs.min() and xs.max() <= box.x2 + 2 and box.y1 - 2 <= ys.min() and ys.max() <= box.y2 + 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_colour_answers_are_in_the_picture(seed):
+    sample = samples(1, seed=seed, tasks=("colour",))[0]
+    assert colour_mask(next(iter(sample.images.values())), sample.answer).sum() > 100
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_counts_of_zero_mean_the_colour_is_absent(seed):
+    sample = samples(1, seed=seed, tasks=("count",))[0]
+    colour = sample.messages[0]["content"][-1]["text"].split()[2]
+    present = colour_mask(next(iter(sample.images.values())), colour).sum() > 0
+    assert present == (sample.answer != "0")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_ball_moves_the_way_the_answer_says(seed):
+    sample = samples(1, seed=seed, tasks=("direction",))[0]
+    centres = []
+    for _, frame in sorted(sample.images.items()):
+        ys, xs = np.nonzero(np.asarray(frame).astype(int).sum(-1) < 600)
+        centres.append((xs.mean(), ys.mean()))
+    dx, dy = centres[-1][0] - centres[0][0], centres[-1][1] - centres[0][1]
+    expected = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+    assert sample.answer == expected
+
+
+def test_written_dataset_loads_as_fine_tuning_data(tiny_checkpoint, tmp_path):
+    from qwen2vl.finetune.data import read_records
+    from qwen2vl.processing import Processor
+
+    path = write_dataset(tmp_path, 14, seed=3)
+    records, problems = read_records(path, Processor.from_pretrained(tiny_checkpoint), max_length=4096)
+    assert len(records) == 14 and not problems
+    assert all(r.messages[-1]["role"] == "assistant" for r in records)
