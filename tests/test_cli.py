@@ -22,7 +22,7 @@ def picture(tmp_path_factory):
     return write_image(tmp_path_factory.mktemp("cli"), "picture.png", 120, 160)
 
 
-@pytest.mark.parametrize("command", ["generate", "chat", "serve", "finetune", "merge", "quantize"])
+@pytest.mark.parametrize("command", ["generate", "chat", "serve", "finetune", "merge", "quantize", "bench"])
 def test_every_subcommand_has_help_with_examples(command):
     out = qwen2vl(command, "--help")
     assert out.returncode == 0
@@ -100,3 +100,14 @@ def test_generate_draws_the_answers_boxes(tiny_checkpoint, picture, tmp_path):
                   "--draw-boxes", tmp_path / "boxes.png")
     assert out.returncode == 0, out.stderr
     assert "box(es) on" in out.stderr and (tmp_path / "boxes.png").is_file()
+
+
+@pytest.mark.slow
+def test_bench_prints_ratios_against_transformers(tiny_checkpoint):
+    out = qwen2vl("bench", tiny_checkpoint, "--tokens", 4, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("machine: memory read")
+    assert "| | transformers fp32 | qwen2vl | qwen2vl int8 |" in lines
+    assert any(line.startswith("| decode batch 1 (tok/s) |") and "×)" in line for line in lines)
+    assert "next-token top-1 agreement" in lines[-1]
