@@ -1,0 +1,29 @@
+"""The demo model's starting point: small tokenizer with Qwen's special tokens, Hub file set, scoring."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import COMMON
+from qwen2vl import Qwen2VL
+from qwen2vl.config import ModelConfig
+from qwen2vl.demo_model import SPECIAL_TOKENS, corpus_from, score, write_base_checkpoint
+from qwen2vl.synthetic import write_dataset
+
+
+def test_small_checkpoint_carries_the_qwen_special_tokens_and_loads_like_an_official_one(tmp_path):
+    train = write_dataset(tmp_path / "data", 21, seed=1)
+    base = write_base_checkpoint(tmp_path / "base", corpus_from(train), COMMON)
+    config = ModelConfig.from_file(base / "config.json")
+    tokenizer = json.loads((base / "tokenizer.json").read_text())
+    vocab = {t["content"]: t["id"] for t in tokenizer["added_tokens"]}
+    assert set(SPECIAL_TOKENS) <= set(vocab)
+    assert (config.image_token_id, config.video_token_id) == (vocab["<|image_pad|>"], vocab["<|video_pad|>"])
+    assert config.text.vocab_size < 1000
+    assert sum(f.stat().st_size for f in base.iterdir()) < 25 * 2**20
+
+    heldout = write_dataset(tmp_path / "data", 7, seed=2, name="heldout.jsonl")
+    llm = Qwen2VL.from_pretrained(base)
+    scores = score(llm, heldout, batch=4)
+    assert sorted(scores) == sorted({"colour", "shape", "count", "ocr", "grounding", "compare", "direction"})
+    assert all(s.total == 1 for s in scores.values())
