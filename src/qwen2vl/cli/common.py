@@ -8,6 +8,7 @@ Does not own: any subcommand's flow (generate.py, chat.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Any, Callable, Mapping
@@ -112,21 +113,13 @@ def answer(llm: Qwen2VL, conversation: list, params: SamplingParams, media_defau
     start = time.perf_counter()
     inputs = engine.prepare(conversation, media_defaults)
     request = engine.add_request(inputs, params)
-    first = end = None
-    finished = False
-    try:
-        while not finished:
-            for out in engine.step():
-                if out.request_id != request:
-                    continue
-                first = first or time.perf_counter()
-                if out.delta:
-                    on_delta(out.delta)
-                finished = out.finished
-        end = time.perf_counter()
-    finally:
-        if not finished:
-            engine.abort(request)
+    first = None
+    with contextlib.closing(engine.follow(request)) as outputs:  # an interrupt aborts the request
+        for out in outputs:
+            first = first or time.perf_counter()
+            if out.delta:
+                on_delta(out.delta)
+    end = time.perf_counter()
     usage = engine.usage(request)
     text = engine.release(request)[0].text.text
     prefill = first - start

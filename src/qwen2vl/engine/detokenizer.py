@@ -30,9 +30,7 @@ class IncrementalText:
         if self.stopped:
             return ""
         self._ids.append(token)
-        start = max(0, self._prefix - _CONTEXT_TOKENS)
-        before = self._decode(self._ids[start:self._prefix])
-        after = self._decode(self._ids[start:])
+        before, after = self._decode_unsettled()
         if after.endswith(_INCOMPLETE) or not after.startswith(before):
             return self._release(final=False)
         self.text += after[len(before):]
@@ -43,12 +41,17 @@ class IncrementalText:
     def finish(self) -> str:
         """The rest of the text once generation has ended."""
         if not self.stopped and self._prefix < len(self._ids):
-            start = max(0, self._prefix - _CONTEXT_TOKENS)
-            before = self._decode(self._ids[start:self._prefix])
-            self.text += self._decode(self._ids[start:])[len(before):]
+            before, after = self._decode_unsettled()
+            self.text += after[len(before):]
             self._prefix = len(self._ids)
             self._find_stop()
         return self._release(final=True)
+
+    def _decode_unsettled(self) -> tuple[str, str]:
+        """A few settled ids decoded alone, and with the unsettled ids after them: the new text is
+        what the second adds to the first (so merges at the boundary render as in a full decode)."""
+        start = max(0, self._prefix - _CONTEXT_TOKENS)
+        return self._decode(self._ids[start:self._prefix]), self._decode(self._ids[start:])
 
     def _find_stop(self) -> None:
         # Emitted text never ends inside a complete stop string (the last `hold` characters are

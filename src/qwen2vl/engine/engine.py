@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence as Seq
+from typing import Any, Iterator, Mapping, Sequence as Seq
 
 from ..errors import InvalidInputError
 from ..model import Qwen2VLModel
@@ -116,6 +116,21 @@ class Engine:
             logits = self.runner.decode(decoding)
             outputs += [self._advance(seq, row) for seq, row in zip(decoding, logits)]
         return outputs
+
+    def follow(self, request_id: str) -> Iterator[StepOutput]:
+        """Step until every sequence of `request_id` has finished, yielding that request's outputs
+        (other requests advance too). Abandoning the iterator aborts the request; a finished request
+        stays until `release`."""
+        finished = False
+        try:
+            while not finished:
+                for out in self.step():
+                    if out.request_id == request_id:
+                        yield out
+                finished = all(seq.finished for seq in self.sequences[request_id])
+        finally:
+            if not finished:
+                self.abort(request_id)
 
     def _advance(self, seq: Sequence, logits) -> StepOutput:
         token, logprob = self.runner.sample(seq, logits)

@@ -7,6 +7,7 @@ machinery it drives (engine.py and below).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -97,20 +98,11 @@ class Qwen2VL:
         if params.n != 1:
             raise ValueError("stream() produces one answer; use generate() for n > 1")
         rid = self.engine.add_request(self.engine.prepare(messages), params)
-        try:
-            finished = False
-            while not finished:
-                for out in self.engine.step():
-                    if out.request_id == rid:
-                        if out.delta:
-                            yield out.delta
-                        finished = out.finished
-        finally:
-            if finished:
-                self.engine.release(rid)
-            else:
-                self.engine.abort(rid)
-
+        with contextlib.closing(self.engine.follow(rid)) as outputs:  # closing early aborts the request
+            for out in outputs:
+                if out.delta:
+                    yield out.delta
+        self.engine.release(rid)
 
 def _per_conversation(params: SamplingParams | Sequence[SamplingParams] | None, count: int) -> list[SamplingParams]:
     if params is None:
