@@ -8,11 +8,11 @@ from conftest import COMMON
 from qwen2vl import Qwen2VL
 from qwen2vl.config import ModelConfig
 from qwen2vl.demo_model import SPECIAL_TOKENS, corpus_from, score, write_base_checkpoint
-from qwen2vl.synthetic import write_dataset
+from qwen2vl.synthetic import TASKS, write_dataset
 
 
 def test_small_checkpoint_carries_the_qwen_special_tokens_and_loads_like_an_official_one(tmp_path):
-    train = write_dataset(tmp_path / "data", 21, seed=1)
+    train = write_dataset(tmp_path / "data", 3 * len(TASKS), seed=1)
     base = write_base_checkpoint(tmp_path / "base", corpus_from(train), COMMON)
     config = ModelConfig.from_file(base / "config.json")
     tokenizer = json.loads((base / "tokenizer.json").read_text())
@@ -22,8 +22,8 @@ def test_small_checkpoint_carries_the_qwen_special_tokens_and_loads_like_an_offi
     assert config.text.vocab_size < 1000
     assert sum(f.stat().st_size for f in base.iterdir()) < 25 * 2**20
 
-    heldout = write_dataset(tmp_path / "data", 7, seed=2, name="heldout.jsonl")
+    heldout = write_dataset(tmp_path / "data", len(TASKS), seed=2, name="heldout.jsonl")
     llm = Qwen2VL.from_pretrained(base)
     scores = score(llm, heldout, batch=4)
-    assert sorted(scores) == sorted({"colour", "shape", "count", "ocr", "grounding", "compare", "direction"})
+    assert sorted(scores) == sorted(TASKS)
     assert all(s.total == 1 for s in scores.values())

@@ -216,3 +216,18 @@ def test_an_adapter_made_by_peft_loads_into_our_model(tiny_checkpoint, data, tmp
         base = Qwen2VLModel.from_pretrained(tiny_checkpoint)(**inputs)
     assert not torch.allclose(base, expected)
     assert (actual - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_cpu_training_flushes_denormals_and_restores_them_afterwards(tiny_checkpoint, data, tmp_path, monkeypatch):
+    from qwen2vl.finetune.trainer import Trainer
+
+    seen, step = [], Trainer._step
+
+    def observing_step(self, index):
+        seen.append(float(torch.tensor([1e-40]) * 1.0))
+        return step(self, index)
+
+    monkeypatch.setattr(Trainer, "_step", observing_step)
+    finetune(tiny_checkpoint, data["train"], settings(tmp_path, max_steps=2))
+    assert seen == [0.0, 0.0]
+    assert float(torch.tensor([1e-40]) * 1.0) > 0

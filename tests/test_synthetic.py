@@ -21,7 +21,7 @@ def image_bytes(sample):
 
 
 def test_the_same_seed_gives_the_same_samples():
-    first, second = samples(14, seed=5), samples(14, seed=5)
+    first, second = list(samples(14, seed=5)), list(samples(14, seed=5))
     assert [(s.task, s.answer, s.messages) for s in first] == [(s.task, s.answer, s.messages) for s in second]
     assert [image_bytes(s) for s in first] == [image_bytes(s) for s in second]
 
@@ -31,7 +31,7 @@ def test_another_seed_gives_other_samples():
 
 
 def test_every_task_appears_and_image_sizes_vary():
-    batch = samples(70, seed=1)
+    batch = list(samples(70, seed=1))
     assert {s.task for s in batch} == set(TASKS)
     sizes = {image.size for s in batch for image in s.images.values()}
     assert len(sizes) >= 8
@@ -44,7 +44,7 @@ def colour_mask(image, colour):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_grounding_answers_box_the_named_shape(seed):
-    sample = samples(1, seed=seed, tasks=("grounding",))[0]
+    sample = next(samples(1, seed=seed, tasks=("grounding",)))
     image = next(iter(sample.images.values()))
     (box,) = parse_boxes(sample.answer, image.size)
     colour = box.label.split()[1]
@@ -55,13 +55,13 @@ def test_grounding_answers_box_the_named_shape(seed):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_colour_answers_are_in_the_picture(seed):
-    sample = samples(1, seed=seed, tasks=("colour",))[0]
+    sample = next(samples(1, seed=seed, tasks=("colour",)))
     assert colour_mask(next(iter(sample.images.values())), sample.answer).sum() > 100
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_counts_of_zero_mean_the_colour_is_absent(seed):
-    sample = samples(1, seed=seed, tasks=("count",))[0]
+    sample = next(samples(1, seed=seed, tasks=("count",)))
     colour = sample.messages[0]["content"][-1]["text"].split()[2]
     present = colour_mask(next(iter(sample.images.values())), colour).sum() > 0
     assert present == (sample.answer != "0")
@@ -69,7 +69,7 @@ def test_counts_of_zero_mean_the_colour_is_absent(seed):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_the_ball_moves_the_way_the_answer_says(seed):
-    sample = samples(1, seed=seed, tasks=("direction",))[0]
+    sample = next(samples(1, seed=seed, tasks=("direction",)))
     centres = []
     for _, frame in sorted(sample.images.items()):
         ys, xs = np.nonzero(np.asarray(frame).astype(int).sum(-1) < 600)
@@ -87,3 +87,14 @@ def test_written_dataset_loads_as_fine_tuning_data(tiny_checkpoint, tmp_path):
     records, problems = read_records(path, Processor.from_pretrained(tiny_checkpoint), max_length=4096)
     assert len(records) == 14 and not problems
     assert all(r.messages[-1]["role"] == "assistant" for r in records)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_descriptions_name_the_pictures_colours_from_left_to_right(seed):
+    sample = next(samples(1, seed=seed, tasks=("describe",)))
+    image = next(iter(sample.images.values()))
+    named = [item.split()[1] for item in sample.answer.replace(" and ", ", ").split(", ")]
+    assert set(named) == {colour for colour in COLOURS if colour_mask(image, colour).sum() > 100}
+    if len(set(named)) == len(named):
+        centres = [np.nonzero(colour_mask(image, colour))[1].mean() for colour in named]
+        assert centres == sorted(centres)

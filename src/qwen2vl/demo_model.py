@@ -22,7 +22,7 @@ from .random_checkpoint import write_random_checkpoint
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-OFFICIAL_FILES = ("chat_template.json", "preprocessor_config.json")
+MAX_PIXELS = 280 * 280  # the largest training pictures: bigger ones are scaled down to this budget
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int = 640) -> Tokenizer:
@@ -70,8 +70,10 @@ def write_base_checkpoint(directory: Path, corpus: list[str], official_files: Pa
     (directory / "generation_config.json").write_text(json.dumps({
         "eos_token_id": [config["eos_token_id"], config["bos_token_id"]], "pad_token_id": config["bos_token_id"],
         "do_sample": False}, indent=2))
-    for name in OFFICIAL_FILES:
-        shutil.copyfile(official_files / name, directory / name)
+    shutil.copyfile(official_files / "chat_template.json", directory / "chat_template.json")
+    preprocessor = json.loads((official_files / "preprocessor_config.json").read_text(encoding="utf-8"))
+    (directory / "preprocessor_config.json").write_text(json.dumps({**preprocessor, "max_pixels": MAX_PIXELS},
+                                                                   indent=2), encoding="utf-8")
     return directory
 
 

@@ -3,6 +3,7 @@
 Owns: rendering scenes of coloured shapes, text and moving balls at varied sizes and aspect ratios,
 and turning them into conversations with one checkable answer each:
 - colour of a named shape, shape of a named colour, counting shapes of a colour;
+- describing every shape from left to right (dense supervision that teaches the vision tower shapes);
 - reading a rendered number or short word (OCR);
 - grounding: the box of a named shape in Qwen2-VL's format (coordinates normalised to 0-1000);
 - comparing two pictures (which has more shapes);
@@ -17,7 +18,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -28,6 +29,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), 
 SHAPES = ("circle", "square", "triangle")
 WORDS = ("cat", "sun", "map", "box", "red", "tree", "fish", "milk", "star", "door", "moon", "book")
 DIRECTIONS = ("left", "right", "up", "down")
+VIDEO_MIN_PIXELS = 112 * 112  # frames keep their size instead of growing to the 128-token video default
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,9 @@ class Sample:
 
 
 def _size(rng: random.Random) -> tuple[int, int]:
-    """Width and height between 112 and 448 pixels, aspect ratios from 1:2 to 2:1."""
-    width = rng.randrange(112, 449, 28)
-    height = max(112, min(448, int(width * rng.choice((0.5, 0.75, 1.0, 1.33, 2.0))) // 28 * 28))
+    """Width and height between 112 and 280 pixels, aspect ratios from 1:2 to 2:1."""
+    width = rng.randrange(112, 281, 28)
+    height = max(112, min(280, int(width * rng.choice((0.5, 0.75, 1.0, 1.33, 2.0))) // 28 * 28))
     return width, height
 
 
@@ -119,14 +121,24 @@ def count_task(rng: random.Random, key: str) -> Sample:
     items = [(rng.choice(SHAPES), colour) for _ in range(wanted)]
     items += [(rng.choice(SHAPES), rng.choice(others)) for _ in range(rng.randint(0, 3))]
     rng.shuffle(items)
-    image, shapes = _scene(rng, items, (rng.randrange(280, 449, 28), rng.randrange(224, 449, 28)))
+    image, shapes = _scene(rng, items, (rng.randrange(224, 281, 28), rng.randrange(196, 281, 28)))
     count = sum(1 for s in shapes if s.colour == colour)
     return Sample("count", _question([f"{key}.png"], f"How many {colour} shapes are there?"), str(count),
                   {f"{key}.png": image})
 
 
+def describe_task(rng: random.Random, key: str) -> Sample:
+    items = [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(rng.randint(1, 4))]
+    image, shapes = _scene(rng, items, _size(rng))
+    ordered = sorted(shapes, key=lambda s: (s.box[0] + s.box[2], s.box[1]))
+    words = [f"{'an' if s.colour[0] in 'aeiou' else 'a'} {s.colour} {s.kind}" for s in ordered]
+    answer = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return Sample("describe", _question([f"{key}.png"], "Describe the picture from left to right."), answer,
+                  {f"{key}.png": image})
+
+
 def ocr_task(rng: random.Random, key: str) -> Sample:
-    text = rng.choice(WORDS) if rng.random() < 0.5 else str(rng.randint(0, 9999))
+    text = rng.choice(WORDS) if rng.random() < 0.5 else str(rng.randint(0, 999))
     width, height = _size(rng)
     image = Image.new("RGB", (width, height), (250, 250, 250))
     font = ImageFont.load_default(size=rng.randint(28, 44))
@@ -151,7 +163,7 @@ def compare_task(rng: random.Random, key: str) -> Sample:
     pictures = {}
     for i, count in enumerate(counts):
         items = [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(count)]
-        image, shapes = _scene(rng, items, (rng.randrange(224, 449, 28), rng.randrange(224, 449, 28)))
+        image, shapes = _scene(rng, items, (rng.randrange(112, 225, 28), rng.randrange(112, 225, 28)))
         counts[i] = len(shapes)
         pictures[f"{key}-{i}.png"] = image
     answer = "the first" if counts[0] > counts[1] else "the second"
@@ -162,11 +174,11 @@ def compare_task(rng: random.Random, key: str) -> Sample:
 
 def direction_task(rng: random.Random, key: str) -> Sample:
     direction = rng.choice(DIRECTIONS)
-    width, height = rng.choice(((224, 168), (196, 196), (252, 140)))
-    radius, frames = 14, 6
+    width, height = rng.choice(((168, 112), (112, 168), (168, 168)))
+    radius, frames = 12, 4
     dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[direction]
     room = width if dx else height
-    step = min(24, (room - 2 * radius - 8) // (frames - 1))  # the whole path fits inside the frame
+    step = min(32, (room - 2 * radius - 8) // (frames - 1))  # the whole path fits inside the frame
     span_x, span_y = abs(dx) * step * (frames - 1), abs(dy) * step * (frames - 1)
     start_x = rng.randint(radius + (span_x if dx < 0 else 0), width - radius - (span_x if dx > 0 else 0))
     start_y = rng.randint(radius + (span_y if dy < 0 else 0), height - radius - (span_y if dy > 0 else 0))
@@ -178,19 +190,20 @@ def direction_task(rng: random.Random, key: str) -> Sample:
         ImageDraw.Draw(frame).ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
         pictures[f"{key}-f{f}.png"] = frame
     messages = _question([], "Which way does the ball move?", video=list(pictures))
+    messages[0]["content"][0]["min_pixels"] = VIDEO_MIN_PIXELS
     return Sample("direction", messages, direction, pictures)
 
 
 TASKS: dict[str, Callable[[random.Random, str], Sample]] = {
-    "colour": colour_task, "shape": shape_task, "count": count_task, "ocr": ocr_task,
+    "colour": colour_task, "shape": shape_task, "count": count_task, "describe": describe_task, "ocr": ocr_task,
     "grounding": grounding_task, "compare": compare_task, "direction": direction_task,
 }
 
 
-def samples(count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS)) -> list[Sample]:
-    """`count` samples cycling through `tasks`, the same for the same seed."""
+def samples(count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS)) -> Iterator[Sample]:
+    """`count` samples cycling through `tasks`, made one at a time, the same for the same seed."""
     rng = random.Random(seed)
-    return [TASKS[tasks[i % len(tasks)]](rng, f"s{seed}-{i:06d}") for i in range(count)]
+    return (TASKS[tasks[i % len(tasks)]](rng, f"s{seed}-{i:06d}") for i in range(count))
 
 
 def write_dataset(directory: str | Path, count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS),

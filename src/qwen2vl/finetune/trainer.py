@@ -4,7 +4,8 @@ Owns: choosing what trains (LoRA adapters on the decoder projections by default;
 merger, the vision tower, or everything), the loop (AdamW, warmup + cosine, gradient accumulation
 and clipping, gradient checkpointing, bf16 autocast on CUDA), the loss (summed over the global
 batch's label tokens, so N processes compute what one process computes), evaluation, progress and
-JSONL metrics, checkpoints with optimizer/scheduler/RNG state, and resuming.
+JSONL metrics, checkpoints with optimizer/scheduler/RNG state, and resuming; float denormals are
+flushed to zero on the CPU while training (they made steps 1.7x slower as the model grew confident).
 Does not own: data (data.py), adapters on disk (lora.py, checkpoint.py), process groups (distributed.py).
 """
 
@@ -104,6 +105,16 @@ class Trainer:
         return kept, [lengths[r.line] for r in kept]
 
     def run(self, resume: bool = False) -> list[dict]:
+        # As a model grows confident, tiny probabilities and gradients become float denormals, which
+        # the CPU handles dozens of times slower: training slowed 1.7x within 4000 steps without this.
+        flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
+        try:
+            return self._run(resume)
+        finally:
+            if flush:
+                torch.set_flush_denormal(False)
+
+    def _run(self, resume: bool) -> list[dict]:
         start = 0
         if resume:
             checkpoint = latest_checkpoint(self.settings.output)
