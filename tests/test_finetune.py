@@ -15,7 +15,7 @@ from conftest import load_reference_model
 from finetune_data import write_colour_dataset
 from qwen2vl import Qwen2VL, Qwen2VLModel, SamplingParams
 from qwen2vl.finetune import LoraSettings, TrainSettings, finetune
-from qwen2vl.finetune.data import IGNORE, DatasetError, assistant_labels, read_records
+from qwen2vl.finetune.data import IGNORE, DatasetError, assistant_labels, batch_order, read_records
 from qwen2vl.finetune.lora import load_adapter
 from qwen2vl.processing import Processor
 
@@ -231,3 +231,22 @@ def test_cpu_training_flushes_denormals_and_restores_them_afterwards(tiny_checkp
     finetune(tiny_checkpoint, data["train"], settings(tmp_path, max_steps=2))
     assert seen == [0.0, 0.0]
     assert float(torch.tensor([1e-40]) * 1.0) > 0
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_every_example_is_used_once_per_epoch_in_a_seeded_order(group_by_length):
+    lengths = [(i * 37) % 101 for i in range(203)]
+    first = batch_order(lengths, 8, seed=1, epoch=0, group_by_length=group_by_length)
+    assert sorted(i for batch in first for i in batch) == list(range(203))
+    assert first == batch_order(lengths, 8, seed=1, epoch=0, group_by_length=group_by_length)
+    assert first != batch_order(lengths, 8, seed=1, epoch=1, group_by_length=group_by_length)
+
+
+def test_length_grouping_puts_similar_lengths_together_and_plain_batches_do_not():
+    lengths = [(i * 37) % 101 for i in range(800)]
+
+    def mean_spread(batches):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    assert mean_spread(batch_order(lengths, 8, 1, 0, group_by_length=True)) < 5
+    assert mean_spread(batch_order(lengths, 8, 1, 0, group_by_length=False)) > 50

@@ -98,6 +98,13 @@ class Score:
         return self.correct / self.total if self.total else 0.0
 
 
+def read_questions(jsonl: Path) -> list[tuple[dict, list[dict]]]:
+    """Each line of a synthetic JSONL file (task, answer, messages) with its question: the
+    conversation without the answer, media paths made absolute."""
+    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(row, _absolute(row["messages"][:-1], jsonl.parent)) for row in rows]
+
+
 def score(llm, jsonl: Path, batch: int = 8) -> dict[str, Score]:
     """Per-task accuracy of `llm` (a Qwen2VL) on a synthetic JSONL file: exact answers (case and
     surrounding space ignored), grounding by IoU >= 0.5 against the true box."""
@@ -105,14 +112,12 @@ def score(llm, jsonl: Path, batch: int = 8) -> dict[str, Score]:
 
     from .engine import SamplingParams
 
-    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
-    base = jsonl.parent
+    questions = read_questions(jsonl)
     results: dict[str, list[bool]] = {}
     greedy = SamplingParams(max_tokens=48, temperature=0)
-    for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
-        questions = [_absolute(row["messages"][:-1], base) for row in chunk]
-        for row, question, result in zip(chunk, questions, llm.generate(questions, greedy)):
+    for start in range(0, len(questions), batch):
+        chunk = questions[start:start + batch]
+        for (row, question), result in zip(chunk, llm.generate([q for _, q in chunk], greedy)):
             if row["task"] == "grounding":
                 image = Image.open(question[0]["content"][0]["image"])
                 truth, got = parse_boxes(row["answer"], image.size), parse_boxes(result.text, image.size)

@@ -3,7 +3,8 @@
 Owns: rendering scenes of coloured shapes, text and moving balls at varied sizes and aspect ratios,
 and turning them into conversations with one checkable answer each:
 - colour of a named shape, shape of a named colour, counting shapes of a colour;
-- describing every shape from left to right (dense supervision that teaches the vision tower shapes);
+- naming the one shape in a picture, describing every shape from left to right (dense supervision
+  that teaches the vision tower shapes and colours; the demo recipe starts with these);
 - reading a rendered number or short word (OCR);
 - grounding: the box of a named shape in Qwen2-VL's format (coordinates normalised to 0-1000);
 - comparing two pictures (which has more shapes);
@@ -55,14 +56,14 @@ def _size(rng: random.Random) -> tuple[int, int]:
 
 
 def _place(rng: random.Random, size: tuple[int, int], count: int, taken: list | None = None) -> list[tuple]:
-    """Up to `count` non-overlapping square boxes (side 36-80 px, scaled to the image) inside the image."""
+    """Up to `count` non-overlapping square boxes (side 44-96 px, at most half the image) inside the image."""
     width, height = size
     boxes = list(taken or [])
     placed = []
     for _ in range(count * 40):
         if len(placed) == count:
             break
-        side = rng.randint(36, max(37, min(80, min(width, height) // 2)))
+        side = rng.randint(44, max(45, min(96, min(width, height) // 2)))
         x, y = rng.randint(4, width - side - 4), rng.randint(4, height - side - 4)
         box = (x, y, x + side, y + side)
         if all(box[2] + 6 < b[0] or b[2] + 6 < box[0] or box[3] + 6 < b[1] or b[3] + 6 < box[1] for b in boxes):
@@ -127,11 +128,21 @@ def count_task(rng: random.Random, key: str) -> Sample:
                   {f"{key}.png": image})
 
 
+def _named(shape: Shape) -> str:
+    return f"{'an' if shape.colour[0] in 'aeiou' else 'a'} {shape.colour} {shape.kind}"
+
+
+def name_task(rng: random.Random, key: str) -> Sample:
+    image, shapes = _scene(rng, _distinct_shapes(rng, 1), _size(rng))
+    return Sample("name", _question([f"{key}.png"], "What is in the picture?"), _named(shapes[0]),
+                  {f"{key}.png": image})
+
+
 def describe_task(rng: random.Random, key: str) -> Sample:
     items = [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(rng.randint(1, 4))]
     image, shapes = _scene(rng, items, _size(rng))
     ordered = sorted(shapes, key=lambda s: (s.box[0] + s.box[2], s.box[1]))
-    words = [f"{'an' if s.colour[0] in 'aeiou' else 'a'} {s.colour} {s.kind}" for s in ordered]
+    words = [_named(s) for s in ordered]
     answer = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
     return Sample("describe", _question([f"{key}.png"], "Describe the picture from left to right."), answer,
                   {f"{key}.png": image})
@@ -195,8 +206,8 @@ def direction_task(rng: random.Random, key: str) -> Sample:
 
 
 TASKS: dict[str, Callable[[random.Random, str], Sample]] = {
-    "colour": colour_task, "shape": shape_task, "count": count_task, "describe": describe_task, "ocr": ocr_task,
-    "grounding": grounding_task, "compare": compare_task, "direction": direction_task,
+    "name": name_task, "colour": colour_task, "shape": shape_task, "count": count_task, "describe": describe_task,
+    "ocr": ocr_task, "grounding": grounding_task, "compare": compare_task, "direction": direction_task,
 }
 
 

@@ -135,18 +135,23 @@ def assistant_labels(processor: Processor, ids: list[int]) -> list[int]:
     return labels
 
 
-def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length: shuffle, sort within windows of 50 batches,
-    shuffle the batches. Deterministic for (seed, epoch)."""
+def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int,
+                group_by_length: bool = True) -> list[list[int]]:
+    """Indices in batches, deterministic for (seed, epoch). Grouped by length: shuffle, sort within
+    windows of 50 batches, shuffle the batches (less padding; but batches then tend to hold one kind
+    of example, which slowed multi-task training). Otherwise: plain shuffled batches."""
     rng = random.Random(seed * 100_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    window = batch_size * 50
-    grouped = []
-    for start in range(0, len(order), window):
-        grouped += sorted(order[start:start + window], key=lambda i: lengths[i])
-    batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
-    rng.shuffle(batches)
+    if group_by_length:
+        window = batch_size * 50
+        grouped = []
+        for start in range(0, len(order), window):
+            grouped += sorted(order[start:start + window], key=lambda i: lengths[i])
+        order = grouped
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
     return batches
 
 

@@ -48,6 +48,7 @@ class TrainSettings:
     eval_every: int = 0
     save_every: int = 0
     seed: int = 0
+    group_by_length: bool = True
     gradient_checkpointing: bool = False
     skip_invalid: bool = False
 
@@ -139,7 +140,8 @@ class Trainer:
         started = time.perf_counter()
         epoch, position = divmod(step, self.steps_per_epoch)
         records, lengths = self.train
-        indices = batch_order(lengths, self.global_batch, self.settings.seed, epoch)[position]
+        indices = batch_order(lengths, self.global_batch, self.settings.seed, epoch,
+                              self.settings.group_by_length)[position]
         mine = [encode_example(self.processor, records[i].messages) for i in indices[self.dist.rank::self.dist.world]]
         label_tokens = self.dist.sum_(torch.tensor(float(sum(_label_count(ex) for ex in mine))))
         total_loss = torch.zeros(())
