@@ -9,7 +9,7 @@
    which learned more slowly).
 4. Score on the held-out set and write scores.json beside the model.
 5. With --publish DIR: copy the Hub file set, the scores and the training log there (this is how
-   models/qwen2vl-demo was made: about 70 minutes on a 2-core CPU with the defaults).
+   models/qwen2vl-demo is to be made: about 55 minutes on a 2-core CPU with the defaults).
 
     .venv/bin/python examples/train_demo_model.py --output runs/demo --publish models/qwen2vl-demo
 """

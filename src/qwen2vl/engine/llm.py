@@ -104,6 +104,7 @@ class Qwen2VL:
                     yield out.delta
         self.engine.release(rid)
 
+
 def _per_conversation(params: SamplingParams | Sequence[SamplingParams] | None, count: int) -> list[SamplingParams]:
     if params is None:
         return [SamplingParams()] * count

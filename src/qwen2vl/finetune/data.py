@@ -54,7 +54,7 @@ def read_records(path: Path, processor: Processor, max_length: int, skip_invalid
         if not line.strip():
             continue
         try:
-            messages = _messages(json.loads(line), path.parent)
+            messages = line_messages(json.loads(line), path.parent)
             if not any(m.get("role") == "assistant" for m in messages):
                 raise InvalidInputError("no assistant turn to learn from")
             length = -1
@@ -79,7 +79,8 @@ def invalid_lines(problems: list[str]) -> DatasetError:
     return DatasetError(f"{len(problems)} invalid line(s): {shown} (use --skip-invalid to train without them)")
 
 
-def _messages(obj: Any, base: Path) -> list[dict[str, Any]]:
+def line_messages(obj: Any, base: Path) -> list[dict[str, Any]]:
+    """The messages of one JSONL line, local media paths resolved against `base` (the file's folder)."""
     messages = obj.get("messages") if isinstance(obj, dict) else obj
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidInputError("a line must be a list of messages or {\"messages\": [...]}")
@@ -143,15 +144,14 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int,
     rng = random.Random(seed * 100_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    if group_by_length:
-        window = batch_size * 50
-        grouped = []
-        for start in range(0, len(order), window):
-            grouped += sorted(order[start:start + window], key=lambda i: lengths[i])
-        order = grouped
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if group_by_length:
-        rng.shuffle(batches)
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * 50
+    grouped = []
+    for start in range(0, len(order), window):
+        grouped += sorted(order[start:start + window], key=lambda i: lengths[i])
+    batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
+    rng.shuffle(batches)
     return batches
 
 
