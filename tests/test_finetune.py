@@ -250,3 +250,33 @@ def test_length_grouping_puts_similar_lengths_together_and_plain_batches_do_not(
 
     assert mean_spread(batch_order(lengths, 8, 1, 0, group_by_length=True)) < 5
     assert mean_spread(batch_order(lengths, 8, 1, 0, group_by_length=False)) > 50
+
+
+def test_per_example_loss_is_the_mean_of_each_answers_own_token_mean(tiny_checkpoint, tmp_path):
+    import torch.nn.functional as F
+
+    from qwen2vl.finetune.data import collate, encode_example, line_messages
+
+    answers = ["Red.", "The square in the middle of this picture is painted a bright shade of red today."]
+    lines = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": a}]}
+             for i, a in enumerate(answers * 2)]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    (row,) = finetune(tiny_checkpoint, path, settings(tmp_path / "out", max_steps=1, loss_per="example"))
+
+    model, processor = Qwen2VLModel.from_pretrained(tiny_checkpoint), Processor.from_pretrained(tiny_checkpoint)
+    means = []
+    with torch.no_grad():
+        for line in lines:
+            batch = collate(processor, [encode_example(processor, line_messages(line["messages"], tmp_path))])
+            labels = batch.pop("labels")[0, 1:]
+            logits = model.logits(model.hidden_states(**batch)[0, :-1])
+            means.append(float(F.cross_entropy(logits[labels != IGNORE], labels[labels != IGNORE])))
+    assert row["loss"] == pytest.approx(sum(means) / len(means), rel=1e-5)
+
+
+def test_an_unknown_loss_averaging_is_a_config_error(tmp_path):
+    from qwen2vl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="loss_per"):
+        settings(tmp_path, loss_per="batch")

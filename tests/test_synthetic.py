@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qwen2vl.grounding import parse_boxes
-from qwen2vl.synthetic import COLOURS, TASKS, samples, write_dataset
+from qwen2vl.synthetic import COLOURS, PATCH, TASKS, canvas, samples, write_dataset
 
 
 def image_bytes(sample):
@@ -67,13 +67,17 @@ def test_counts_of_zero_mean_the_colour_is_absent(seed):
     assert present == (sample.answer != "0")
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_the_ball_moves_the_way_the_answer_says(seed):
-    sample = next(samples(1, seed=seed, tasks=("direction",)))
+def ball_centres(sample):
     centres = []
     for _, frame in sorted(sample.images.items()):
         ys, xs = np.nonzero(np.asarray(frame).astype(int).sum(-1) < 600)
         centres.append((xs.mean(), ys.mean()))
+    return centres
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_ball_moves_the_way_the_answer_says(seed):
+    centres = ball_centres(sample := next(samples(1, seed=seed, tasks=("direction",))))
     dx, dy = centres[-1][0] - centres[0][0], centres[-1][1] - centres[0][1]
     expected = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
     assert sample.answer == expected
@@ -98,3 +102,30 @@ def test_descriptions_name_the_pictures_colours_from_left_to_right(seed):
     if len(set(named)) == len(named):
         centres = [np.nonzero(colour_mask(image, colour))[1].mean() for colour in named]
         assert centres == sorted(centres)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_ball_moves_a_few_pixels_per_frame_so_each_video_patch_shows_the_motion(seed):
+    centres = np.array(ball_centres(next(samples(1, seed=seed, tasks=("direction",)))))
+    steps = np.abs(np.diff(centres, axis=0)).max(axis=1)
+    assert ((steps >= 4) & (steps <= 10)).all()
+
+
+def test_the_background_shifts_colour_from_left_to_right_and_top_to_bottom():
+    pixels = np.asarray(canvas((168, 112))).astype(int)
+    assert (np.diff(pixels[0, :, 0]) >= 0).all() and pixels[0, -1, 0] - pixels[0, 0, 0] > 40
+    assert (np.diff(pixels[:, 0, 1]) >= 0).all() and pixels[-1, 0, 1] - pixels[0, 0, 1] > 40
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shapes_sit_on_the_patch_grid(seed):
+    sample = next(samples(1, seed=seed, tasks=("colour",)))
+    ys, xs = np.nonzero(colour_mask(next(iter(sample.images.values())), sample.answer))
+    assert xs.min() % PATCH <= 1 and ys.min() % PATCH <= 1  # a circle's outline may start a pixel in
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_written_text_starts_at_a_patch_edge(seed):
+    sample = next(samples(1, seed=seed, tasks=("ocr",)))
+    ys, xs = np.nonzero(np.asarray(next(iter(sample.images.values()))).astype(int).sum(-1) < 300)
+    assert xs.min() % PATCH <= 3 and ys.min() % PATCH <= 3

@@ -23,7 +23,10 @@ from .random_checkpoint import write_random_checkpoint
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-MAX_PIXELS = 280 * 280  # the largest training pictures: bigger ones are scaled down to this budget
+MAX_PIXELS = 280 * 280
+# Qwen's 1e6 leaves the row and column sections of M-RoPE (the lowest frequencies) all but unrotated
+# at this head size (32): 1e6 ** (-10 / 16) = 2e-4 rad per column. 100 gives 0.013-0.056.
+ROPE_THETA = 100.0  # the largest training pictures: bigger ones are scaled down to this budget
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int = 640) -> Tokenizer:
@@ -47,7 +50,7 @@ def demo_config(tokenizer: Tokenizer) -> dict:
         "vision_token_id": ids["<|vision_pad|>"], "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"], "hidden_act": "silu", "hidden_size": 192,
         "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 6, "num_key_value_heads": 2,
-        "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": ROPE_THETA,
         "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]}, "tie_word_embeddings": True,
         "torch_dtype": "float32", "vocab_size": tokenizer.get_vocab_size(),
         "vision_config": {"depth": 4, "embed_dim": 128, "mlp_ratio": 2, "num_heads": 4, "in_chans": 3,

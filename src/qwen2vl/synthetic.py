@@ -9,6 +9,11 @@ and turning them into conversations with one checkable answer each:
 - grounding: the box of a named shape in Qwen2-VL's format (coordinates normalised to 0-1000);
 - comparing two pictures (which has more shapes);
 - a short video: which way the ball moves (needs the frames' order).
+The world is made easy to learn for a model of a few million parameters trained for an hour on a CPU:
+shapes and text sit on the vision tower's 14-pixel patch grid, text comes in one font size, the ball
+moves a few pixels per frame (so each two-frame video patch shows the motion), and the background
+shifts colour across the picture (RoPE alone carries no absolute position, and at the demo's head size
+M-RoPE's row and column rotations are slow; the tint tells a small model where it is looking).
 `write_dataset` writes the images and a JSONL file in the fine-tuning format, with each line's task
 and answer beside its messages. Does not own: training or scoring models.
 """
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .grounding import Box, box_to_text
@@ -30,6 +36,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), 
 SHAPES = ("circle", "square", "triangle")
 WORDS = ("cat", "sun", "map", "box", "red", "tree", "fish", "milk", "star", "door", "moon", "book")
 DIRECTIONS = ("left", "right", "up", "down")
+PATCH = 14  # the vision tower's patch side in pixels
+OCR_FONT_SIZE = 36
 VIDEO_MIN_PIXELS = 112 * 112  # frames keep their size instead of growing to the 128-token video default
 
 
@@ -55,25 +63,34 @@ def _size(rng: random.Random) -> tuple[int, int]:
     return width, height
 
 
-def _place(rng: random.Random, size: tuple[int, int], count: int, taken: list | None = None) -> list[tuple]:
-    """Up to `count` non-overlapping square boxes (side 44-96 px, at most half the image) inside the image."""
-    width, height = size
-    boxes = list(taken or [])
-    placed = []
+def _place(rng: random.Random, size: tuple[int, int], count: int) -> list[tuple]:
+    """Up to `count` square boxes on the patch grid (sides of 3 to 6 patches, at most half the
+    image), a patch apart at least."""
+    columns, rows = size[0] // PATCH, size[1] // PATCH
+    placed: list[tuple] = []
     for _ in range(count * 40):
         if len(placed) == count:
             break
-        side = rng.randint(44, max(45, min(96, min(width, height) // 2)))
-        x, y = rng.randint(4, width - side - 4), rng.randint(4, height - side - 4)
-        box = (x, y, x + side, y + side)
-        if all(box[2] + 6 < b[0] or b[2] + 6 < box[0] or box[3] + 6 < b[1] or b[3] + 6 < box[1] for b in boxes):
-            boxes.append(box)
+        side = rng.randint(3, max(3, min(6, min(columns, rows) // 2)))
+        x, y = rng.randint(0, columns - side), rng.randint(0, rows - side)
+        box = (x * PATCH, y * PATCH, (x + side) * PATCH, (y + side) * PATCH)
+        if all(box[2] < b[0] or b[2] < box[0] or box[3] < b[1] or b[3] < box[1] for b in placed):
             placed.append(box)
     return placed
 
 
+def canvas(size: tuple[int, int]) -> Image.Image:
+    """A light background whose colour shifts from left to right (red) and top to bottom (green):
+    the cue a small, briefly trained model can use to tell where in the picture something is."""
+    width, height = size
+    across = np.linspace(0.0, 1.0, width)[None, :].repeat(height, 0)  # (height, width)
+    down = np.linspace(0.0, 1.0, height)[:, None].repeat(width, 1)
+    pixels = np.stack([200 + 55 * across, 200 + 55 * down, np.full((height, width), 230.0)], axis=-1)
+    return Image.fromarray(pixels.round().astype(np.uint8), "RGB")
+
+
 def _scene(rng: random.Random, shapes: list[tuple[str, str]], size: tuple[int, int]) -> tuple[Image.Image, list[Shape]]:
-    image = Image.new("RGB", size, (250, 250, 250))
+    image = canvas(size)
     draw = ImageDraw.Draw(image)
     drawn = []
     for (kind, colour), box in zip(shapes, _place(rng, size, len(shapes))):
@@ -151,12 +168,12 @@ def describe_task(rng: random.Random, key: str) -> Sample:
 def ocr_task(rng: random.Random, key: str) -> Sample:
     text = rng.choice(WORDS) if rng.random() < 0.5 else str(rng.randint(0, 999))
     width, height = _size(rng)
-    image = Image.new("RGB", (width, height), (250, 250, 250))
-    font = ImageFont.load_default(size=rng.randint(28, 44))
+    image = canvas((width, height))
+    font = ImageFont.load_default(size=OCR_FONT_SIZE)
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    x = rng.randint(0, max(0, width - (right - left) - 4))
-    y = rng.randint(0, max(0, height - (bottom - top) - 4))
+    x = PATCH * rng.randint(0, max(0, width - (right - left) - 4) // PATCH)  # text starts on a patch edge
+    y = PATCH * rng.randint(0, max(0, height - (bottom - top) - 4) // PATCH)
     draw.text((x - left, y - top), text, font=font, fill=(20, 20, 20))
     return Sample("ocr", _question([f"{key}.png"], "What is written in the picture?"), text, {f"{key}.png": image})
 
@@ -188,15 +205,14 @@ def direction_task(rng: random.Random, key: str) -> Sample:
     width, height = rng.choice(((168, 112), (112, 168), (168, 168)))
     radius, frames = 12, 4
     dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[direction]
-    room = width if dx else height
-    step = min(32, (room - 2 * radius - 8) // (frames - 1))  # the whole path fits inside the frame
+    step = rng.randint(5, 9)  # pixels per frame: the motion shows inside each two-frame video patch
     span_x, span_y = abs(dx) * step * (frames - 1), abs(dy) * step * (frames - 1)
     start_x = rng.randint(radius + (span_x if dx < 0 else 0), width - radius - (span_x if dx > 0 else 0))
     start_y = rng.randint(radius + (span_y if dy < 0 else 0), height - radius - (span_y if dy > 0 else 0))
     colour = COLOURS[rng.choice(list(COLOURS))]
     pictures = {}
     for f in range(frames):
-        frame = Image.new("RGB", (width, height), (250, 250, 250))
+        frame = canvas((width, height))
         cx, cy = start_x + dx * step * f, start_y + dy * step * f
         ImageDraw.Draw(frame).ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
         pictures[f"{key}-f{f}.png"] = frame

@@ -2,8 +2,10 @@
 
 Owns: choosing what trains (LoRA adapters on the decoder projections by default; optionally the
 merger, the vision tower, or everything), the loop (AdamW, warmup + cosine, gradient accumulation
-and clipping, gradient checkpointing, bf16 autocast on CUDA), the loss (summed over the global
-batch's label tokens, so N processes compute what one process computes), evaluation, progress and
+and clipping, gradient checkpointing, bf16 autocast on CUDA), the loss (the mean over the global
+batch's label tokens, or with loss_per="example" the mean over its examples of each answer's token
+mean, so short answers weigh as much as long ones; either way N processes compute what one process
+computes), evaluation, progress and
 JSONL metrics, checkpoints with optimizer/scheduler/RNG state, and resuming; float denormals are
 flushed to zero on the CPU while training (they made steps 1.7x slower as the model grew confident).
 Does not own: data (data.py), adapters on disk (lora.py, checkpoint.py), process groups (distributed.py).
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..model import Qwen2VLModel
 from ..processing import Processor
 from .checkpoint import latest_checkpoint, load_state, save_final, save_state
@@ -49,8 +52,13 @@ class TrainSettings:
     save_every: int = 0
     seed: int = 0
     group_by_length: bool = True
+    loss_per: str = "token"  # "token": every answer token weighs the same; "example": every example does
     gradient_checkpointing: bool = False
     skip_invalid: bool = False
+
+    def __post_init__(self) -> None:
+        if self.loss_per not in ("token", "example"):
+            raise ConfigError(f"loss_per must be 'token' or 'example', not {self.loss_per!r}")
 
 
 class Trainer:
@@ -144,12 +152,17 @@ class Trainer:
                               self.settings.group_by_length)[position]
         mine = [encode_example(self.processor, records[i].messages) for i in indices[self.dist.rank::self.dist.world]]
         label_tokens = self.dist.sum_(torch.tensor(float(sum(_label_count(ex) for ex in mine))))
+        examples = self.dist.sum_(torch.tensor(float(len(mine))))
         total_loss = torch.zeros(())
         size = self.settings.batch_size
         for micro in (mine[i:i + size] for i in range(0, len(mine), size)):
-            loss_sum = self._loss_sum(collate(self.processor, micro))
-            (loss_sum / label_tokens).backward()
-            total_loss += loss_sum.detach().float().cpu()
+            sums, counts = self._example_losses(collate(self.processor, micro))
+            if self.settings.loss_per == "example":
+                objective = (sums / counts.clamp(min=1)).sum() / examples
+            else:
+                objective = sums.sum() / label_tokens
+            objective.backward()
+            total_loss += objective.detach().float().cpu()
         for _, parameter in self.trainable:
             if parameter.grad is not None:
                 self.dist.sum_(parameter.grad)
@@ -158,20 +171,24 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = float(self.dist.sum_(total_loss) / label_tokens)
+        loss = float(self.dist.sum_(total_loss))
         tokens = self.dist.sum_(torch.tensor(float(sum(len(ids) for ids, _, _ in mine))))
         return {"step": step + 1, "epoch": epoch + (position + 1) / self.steps_per_epoch, "loss": loss, "lr": lr,
                 "tokens_per_second": float(tokens) / (time.perf_counter() - started)}
 
-    def _loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _example_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each example's summed token loss and its number of label tokens: [B], [B]."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = batch.pop("labels")
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             hidden = self.model.hidden_states(**batch)  # [B, T, H]
             targets = labels[:, 1:]
-            keep = targets != IGNORE
+            keep = targets != IGNORE  # [B, T-1]
             logits = self.model.logits(hidden[:, :-1][keep])  # only where a label follows: [N, vocab]
-        return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        token_losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # [N]
+        owner = keep.nonzero()[:, 0]  # the example of each kept token: [N]
+        sums = torch.zeros(keep.shape[0], device=token_losses.device).index_add(0, owner, token_losses)
+        return sums, keep.sum(1).float()
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -181,7 +198,7 @@ class Trainer:
         total, count = torch.zeros(()), torch.zeros(())
         for record in mine:
             example = encode_example(self.processor, record.messages)
-            total += self._loss_sum(collate(self.processor, [example])).float().cpu()
+            total += self._example_losses(collate(self.processor, [example]))[0].sum().float().cpu()
             count += _label_count(example)
         self.model.train()
         return float(self.dist.sum_(total) / self.dist.sum_(count))
