@@ -23,10 +23,10 @@ from .random_checkpoint import write_random_checkpoint
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-MAX_PIXELS = 280 * 280
+MAX_PIXELS = 280 * 280  # the largest training pictures: bigger ones are scaled down to this budget
 # Qwen's 1e6 leaves the row and column sections of M-RoPE (the lowest frequencies) all but unrotated
 # at this head size (32): 1e6 ** (-10 / 16) = 2e-4 rad per column. 100 gives 0.013-0.056.
-ROPE_THETA = 100.0  # the largest training pictures: bigger ones are scaled down to this budget
+ROPE_THETA = 100.0
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int = 640) -> Tokenizer:

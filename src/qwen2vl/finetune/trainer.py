@@ -5,9 +5,9 @@ merger, the vision tower, or everything), the loop (AdamW, warmup + cosine, grad
 and clipping, gradient checkpointing, bf16 autocast on CUDA), the loss (the mean over the global
 batch's label tokens, or with loss_per="example" the mean over its examples of each answer's token
 mean, so short answers weigh as much as long ones; either way N processes compute what one process
-computes), evaluation, progress and
-JSONL metrics, checkpoints with optimizer/scheduler/RNG state, and resuming; float denormals are
-flushed to zero on the CPU while training (they made steps 1.7x slower as the model grew confident).
+computes), evaluation, progress and JSONL metrics, checkpoints with optimizer/scheduler/RNG state,
+and resuming; float denormals are flushed to zero on the CPU while training (they made steps 1.7x
+slower as the model grew confident).
 Does not own: data (data.py), adapters on disk (lora.py, checkpoint.py), process groups (distributed.py).
 """
 
@@ -198,8 +198,9 @@ class Trainer:
         total, count = torch.zeros(()), torch.zeros(())
         for record in mine:
             example = encode_example(self.processor, record.messages)
-            total += self._example_losses(collate(self.processor, [example]))[0].sum().float().cpu()
-            count += _label_count(example)
+            sums, counts = self._example_losses(collate(self.processor, [example]))
+            total += sums.sum().float().cpu()
+            count += counts.sum().cpu()
         self.model.train()
         return float(self.dist.sum_(total) / self.dist.sum_(count))
 
