@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+WARMUP_SIDE = 224  # one small image answered before timing: first-call costs are not the engine's speed
 PROMPT = "Describe this picture in detail, including colours, shapes and any text you can read."
 
 
@@ -56,6 +57,7 @@ def measure_ours(directory: str, tokens: int, quantize: str | None) -> dict[str,
     llm = Qwen2VL.from_pretrained(directory, quantize=quantize, vision_cache_mb=0, max_model_len=4096)
     out: dict[str, float] = {"load_s": time.perf_counter() - start}
     model, engine = llm.model, llm.engine
+    llm.generate([_conversation(_picture(WARMUP_SIDE))], SamplingParams(max_tokens=2, temperature=0))
     with torch.inference_mode():
         for side in (448, 896):
             inputs = llm.processor(_conversation(_picture(side)))
@@ -76,8 +78,16 @@ def measure_ours(directory: str, tokens: int, quantize: str | None) -> dict[str,
         out[f"decode_b{batch}_tok_s"] = batch * (tokens - 1) / (time.perf_counter() - start)
         for rid in ids:
             engine.release(rid)
+    out["decode_weight_bytes"] = _decode_weight_bytes(model)
     out["peak_rss_gib"] = _peak_rss_gib()
     return out
+
+
+def _decode_weight_bytes(model) -> int:
+    """Bytes of the weights one decode step reads: the decoder's (not the embedding table) and the head's."""
+    head = model.lm_head if model.lm_head is not None else model.model.embed_tokens
+    decoder = [p for name, p in model.model.named_parameters() if not name.startswith("embed_tokens")]
+    return sum(p.numel() * p.element_size() for p in [*decoder, *head.parameters()])
 
 
 def measure_transformers(directory: str, tokens: int) -> dict[str, float]:
@@ -102,6 +112,7 @@ def measure_transformers(directory: str, tokens: int) -> dict[str, float]:
                               top_p=None, temperature=None)
 
     with torch.inference_mode():
+        generate(prepare([_conversation(_picture(WARMUP_SIDE))], [_picture(WARMUP_SIDE)]), 2)
         for side in (448, 896):
             inputs = prepare([_conversation(_picture(side))], [_picture(side)])
             out[f"vision_{side}_s"] = _seconds(lambda: model.model.visual(inputs["pixel_values"],

@@ -16,6 +16,7 @@ from .config import ModelConfig
 from .errors import ConfigError
 from .hub import resolve_model_dir
 from .model import Qwen2VLModel
+from .model.layers import Linear
 from .quant.int8 import int8_structure, quantize_int8, read_marker
 from .weights import load_weights
 
@@ -51,7 +52,9 @@ def load_model(
     quantize: str | None = None,
 ) -> Qwen2VLModel:
     """`progress(done_bytes, total_bytes)` is called while weights load. `quantize="int8"` swaps the
-    projections for int8 ones after loading; a checkpoint saved in int8 loads as int8 directly."""
+    projections for int8 ones after loading; a checkpoint saved in int8 loads as int8 directly.
+    The default (dtype None: exact float32 arithmetic) keeps a bfloat16 checkpoint's decoder
+    weights in bfloat16 on the CPU: the same products, half the bytes per decode step."""
     directory = resolve_model_dir(name, revision)
     config = ModelConfig.from_file(directory / "config.json")
     saved_int8 = read_marker(directory)
@@ -63,8 +66,18 @@ def load_model(
         if saved_int8:
             int8_structure(model, saved_int8)
     ignored = frozenset({"lm_head.weight"}) if config.text.tie_word_embeddings else frozenset()
-    load_weights(model, directory, target, torch.device(device), ignored, progress)
+    exact_on_cpu = dtype is None and not (quantize or saved_int8) and torch.device(device).type == "cpu"
+    keep = bf16_parameter_names(model) if exact_on_cpu else frozenset()
+    load_weights(model, directory, target, torch.device(device), ignored, progress, keep)
     if quantize and not saved_int8:
         quantize_int8(model)
     model.requires_grad_(False)
     return model.eval()
+
+
+def bf16_parameter_names(model: Qwen2VLModel) -> frozenset[str]:
+    """The weights a decode step streams: the decoder's projections, its embedding (which a tied LM
+    head also reads) and an untied LM head. The vision tower stays float32: it runs once per image,
+    compute-bound, where widening its weights on every call would cost time and save nothing."""
+    names = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Linear)}
+    return frozenset(names | {"model.embed_tokens.weight"})

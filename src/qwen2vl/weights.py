@@ -104,11 +104,13 @@ def load_weights(
     device: torch.device,
     ignored: frozenset[str] = frozenset(),
     progress: Callable[[int, int], None] | None = None,
+    keep_bfloat16: frozenset[str] = frozenset(),
 ) -> None:
     """Materialise every parameter of `model` (built on the meta device) from the checkpoint.
 
     `ignored` names checkpoint keys that may be present without a parameter (a tied lm_head).
-    `progress(done_bytes, total_bytes)` is called after each tensor.
+    `progress(done_bytes, total_bytes)` is called after each tensor. Parameters named in
+    `keep_bfloat16` that the checkpoint stores in bfloat16 stay bfloat16 instead of taking `dtype`.
     """
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     entries = index_checkpoint(directory)
@@ -138,7 +140,9 @@ def load_weights(
     for file, names in by_file.items():
         with file.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
             for name in names:
-                state[name] = _copy_out(mapped, entries[name], dtype, device)
+                entry = entries[name]
+                keep = name in keep_bfloat16 and entry.dtype == torch.bfloat16
+                state[name] = _copy_out(mapped, entry, torch.bfloat16 if keep else dtype, device)
                 done += entries[name].end - entries[name].begin
                 if progress is not None:
                     progress(done, total)

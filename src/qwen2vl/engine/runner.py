@@ -22,8 +22,7 @@ from .vision_cache import VisionCache, content_key
 class ModelRunner:
     def __init__(self, model: Qwen2VLModel, slots: int, max_model_len: int, vision_cache_bytes: int):
         self.model = model
-        parameter = next(model.parameters())
-        self.device, self.dtype = parameter.device, parameter.dtype
+        self.device, self.dtype = model.model.norm.weight.device, model.compute_dtype
         self.cache = StaticKVCache(model.config.text, slots, max_model_len, self.dtype, self.device)
         self.vision_cache = VisionCache(vision_cache_bytes)
         self.vision_encodes = 0  # items sent through the vision tower

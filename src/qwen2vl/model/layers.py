@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .bf16_weights import bf16_project
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,10 @@ SMALL_BATCH_ROWS = 16
 def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T + bias. For a few rows (decode steps) on the CPU it is computed as
     (weight @ x.T).T: the same products and sums, but a GEMM shape the CPU BLAS runs near memory
-    speed, where its small-M path streams the weights two to three times slower."""
+    speed, where its small-M path streams the weights two to three times slower. bfloat16 weights
+    with float32 activations are multiplied in float32 (bf16_weights)."""
+    if weight.dtype == torch.bfloat16 and x.dtype == torch.float32 and x.device.type == "cpu":
+        return bf16_project(x, weight, bias)
     rows = x.numel() // x.shape[-1] if x.numel() else 0
     if 1 < rows <= SMALL_BATCH_ROWS and x.device.type == "cpu":
         out = (weight @ x.reshape(rows, -1).T).T.reshape(*x.shape[:-1], weight.shape[0])

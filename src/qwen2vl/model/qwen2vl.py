@@ -30,6 +30,11 @@ class Qwen2VLModel(nn.Module):
         text = config.text
         self.lm_head = None if text.tie_word_embeddings else Linear(text.hidden_size, text.vocab_size, bias=False)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The activations' dtype: the norms' (projection weights may be stored narrower, see bf16_weights)."""
+        return self.model.norm.weight.dtype
+
     @classmethod
     def from_pretrained(
         cls,
@@ -103,7 +108,7 @@ class Qwen2VLModel(nn.Module):
         vocab = self.config.text.vocab_size
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
             raise InvalidInputError(f"token ids must lie in [0, {vocab}), got {int(input_ids.min())}..{int(input_ids.max())}")
-        embeds = self.model.embed_tokens(input_ids)
+        embeds = self.model.embed_tokens(input_ids).to(self.compute_dtype)
         for token_id, features, kind in (
             (self.config.image_token_id, image_features, "image"),
             (self.config.video_token_id, video_features, "video"),
