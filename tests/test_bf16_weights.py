@@ -10,7 +10,8 @@ from conftest import COMMON, load_reference_model, random_image
 from qwen2vl import Qwen2VL, SamplingParams
 from qwen2vl.loading import load_model
 from qwen2vl.model import bf16_weights
-from qwen2vl.model.bf16_weights import bf16_project, kernel, widened_in_blocks
+from qwen2vl.model.bf16_weights import bf16_project, widened_in_blocks
+from qwen2vl.model.matvec import kernel
 from qwen2vl.random_checkpoint import TINY_CONFIG, write_random_checkpoint
 
 
