@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from conftest import COMMON, load_reference_model, random_image
 from qwen2vl import Qwen2VL, SamplingParams
+from qwen2vl.finetune.lora import LoraSettings, apply_lora, lora_modules, merge_lora, save_adapter
 from qwen2vl.loading import load_model
 from qwen2vl.model import bf16_weights
 from qwen2vl.model.bf16_weights import bf16_project, widened_in_blocks
@@ -132,3 +133,17 @@ def test_greedy_decoding_on_bfloat16_weights_equals_transformers_float32(bf16_ch
                                                              top_k=None, top_p=None, temperature=None)
     assert ours == out[0, inputs["input_ids"].shape[1]:].tolist()
     assert len(set(ours)) > 3
+
+
+def test_an_adapter_is_merged_into_float32_weights_not_rounded_to_bfloat16(bf16_checkpoint, tmp_path):
+    model = load_model(bf16_checkpoint, dtype="float32")
+    settings = LoraSettings(r=2, alpha=4.0, dropout=0.0, target_modules=("q_proj",))
+    apply_lora(model, settings)
+    for module in lora_modules(model).values():
+        torch.nn.init.normal_(module.lora_B, std=1e-3)
+    save_adapter(model, tmp_path / "adapter", settings, base_model=str(bf16_checkpoint))
+    merge_lora(model)
+    llm = Qwen2VL.from_pretrained(bf16_checkpoint, lora=tmp_path / "adapter")
+    merged = llm.model.model.layers[0].self_attn.q_proj.weight
+    assert merged.dtype == torch.float32
+    assert torch.equal(merged, model.model.layers[0].self_attn.q_proj.weight)

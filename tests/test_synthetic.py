@@ -54,6 +54,16 @@ def test_grounding_answers_box_the_named_shape(seed):
 
 
 @pytest.mark.parametrize("seed", range(5))
+def test_lone_grounding_boxes_the_only_shape_in_the_picture(seed):
+    sample = next(samples(1, seed=seed, tasks=("lone-grounding",)))
+    image = next(iter(sample.images.values()))
+    (box,) = parse_boxes(sample.answer, image.size)
+    shape_pixels = sum(colour_mask(image, colour).sum() for colour in COLOURS)
+    assert sample.task == "grounding"
+    assert shape_pixels == colour_mask(image, box.label.split()[1]).sum() > 0
+
+
+@pytest.mark.parametrize("seed", range(5))
 def test_colour_answers_are_in_the_picture(seed):
     sample = next(samples(1, seed=seed, tasks=("colour",)))
     assert colour_mask(next(iter(sample.images.values())), sample.answer).sum() > 100

@@ -6,7 +6,9 @@ and turning them into conversations with one checkable answer each:
 - naming the one shape in a picture, describing every shape from left to right (dense supervision
   that teaches the vision tower shapes and colours; the demo recipe starts with these);
 - reading a rendered number or short word (OCR);
-- grounding: the box of a named shape in Qwen2-VL's format (coordinates normalised to 0-1000);
+- grounding: the box of a named shape in Qwen2-VL's format (coordinates normalised to 0-1000),
+  and as a stepping stone the same with one shape in the picture (where before which: from
+  scratch, boxes among several shapes did not move in 1,500 steps, a lone shape's reached 88%);
 - comparing two pictures (which has more shapes);
 - a short video: which way the ball moves (needs the frames' order).
 The world is made easy to learn for a model of a few million parameters trained for an hour on a CPU:
@@ -178,12 +180,17 @@ def ocr_task(rng: random.Random, key: str) -> Sample:
     return Sample("ocr", _question([f"{key}.png"], "What is written in the picture?"), text, {f"{key}.png": image})
 
 
-def grounding_task(rng: random.Random, key: str) -> Sample:
-    image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, 3)), _size(rng))
+def grounding_task(rng: random.Random, key: str, most: int = 3) -> Sample:
+    image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, most)), _size(rng))
     target = rng.choice(shapes)
     phrase = f"the {target.colour} {target.kind}"
     answer = box_to_text(Box(*target.box, label=phrase), image.size)
     return Sample("grounding", _question([f"{key}.png"], f"Locate {phrase}."), answer, {f"{key}.png": image})
+
+
+def lone_grounding_task(rng: random.Random, key: str) -> Sample:
+    """Grounding with one shape in the picture: where, without which (the demo recipe's first stage)."""
+    return grounding_task(rng, key, most=1)
 
 
 def compare_task(rng: random.Random, key: str) -> Sample:
@@ -227,10 +234,16 @@ TASKS: dict[str, Callable[[random.Random, str], Sample]] = {
 }
 
 
+# Easier forms of a task for a training curriculum; not part of the scored set.
+STEPPING_STONES: dict[str, Callable[[random.Random, str], Sample]] = {"lone-grounding": lone_grounding_task}
+
+
 def samples(count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS)) -> Iterator[Sample]:
-    """`count` samples cycling through `tasks`, made one at a time, the same for the same seed."""
+    """`count` samples cycling through `tasks` (TASKS or STEPPING_STONES), made one at a time, the
+    same for the same seed."""
     rng = random.Random(seed)
-    return (TASKS[tasks[i % len(tasks)]](rng, f"s{seed}-{i:06d}") for i in range(count))
+    makers = {**TASKS, **STEPPING_STONES}
+    return (makers[tasks[i % len(tasks)]](rng, f"s{seed}-{i:06d}") for i in range(count))
 
 
 def write_dataset(directory: str | Path, count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS),
