@@ -189,7 +189,7 @@ def grounding_task(rng: random.Random, key: str, most: int = 3) -> Sample:
 
 
 def lone_grounding_task(rng: random.Random, key: str) -> Sample:
-    """Grounding with one shape in the picture: where, without which (the demo recipe's first stage)."""
+    """Grounding with one shape in the picture: where, without which (a curriculum stepping stone)."""
     return grounding_task(rng, key, most=1)
 
 
