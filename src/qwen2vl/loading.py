@@ -81,3 +81,14 @@ def bf16_parameter_names(model: Qwen2VLModel) -> frozenset[str]:
     compute-bound, where widening its weights on every call would cost time and save nothing."""
     names = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Linear)}
     return frozenset(names | {"model.embed_tokens.weight"})
+
+
+def hold_in_compute_dtype(model: Qwen2VLModel) -> None:
+    """Widen the parameters held narrower than the activations (exact mode's bfloat16 decoder
+    weights) to the compute dtype, one at a time: weights about to be changed in place, as when an
+    adapter is merged in, must not have the change rounded to bfloat16."""
+    dtype = model.compute_dtype
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.is_floating_point() and parameter.dtype != dtype:
+                parameter.data = parameter.data.to(dtype)

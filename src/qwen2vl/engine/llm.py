@@ -57,8 +57,6 @@ class Qwen2VL:
         loaded; `lora` names an adapter directory (PEFT format) merged into the weights; `quantize="int8"`
         runs the projections in int8 (CPU, after merging any adapter)."""
         directory = resolve_model_dir(name, revision)
-        if lora is not None and dtype is None:
-            dtype = "float32"  # merged into bfloat16-held weights, the adapter's update would be rounded
         model = load_model(directory, dtype=dtype, device=device, progress=progress,
                            quantize=None if lora is not None else quantize)
         if lora is not None:

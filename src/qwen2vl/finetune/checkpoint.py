@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..loading import hold_in_compute_dtype
 from ..weights import copy_hub_files, save_checkpoint
 from .lora import load_adapter, lora_modules, merge_lora, save_adapter
 
@@ -81,8 +82,10 @@ def save_plain_model(model, output: Path, base_dir: Path) -> None:
 
 def load_trained_adapter(model, directory: str | Path) -> None:
     """Apply an adapter directory (PEFT's or ours, with any extra trained weights) and merge it in,
-    leaving a plain model that runs at full speed."""
+    leaving a plain model that runs at full speed. Weights held in bfloat16 under float32 arithmetic
+    are widened first, so the merge is computed and kept in float32."""
     directory = Path(directory)
+    hold_in_compute_dtype(model)
     load_adapter(model, directory)
     if (directory / EXTRA_FILE).is_file():
         parameters = dict(model.named_parameters())
