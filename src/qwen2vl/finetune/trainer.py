@@ -151,16 +151,14 @@ class Trainer:
         indices = batch_order(lengths, self.global_batch, self.settings.seed, epoch,
                               self.settings.group_by_length)[position]
         mine = [encode_example(self.processor, records[i].messages) for i in indices[self.dist.rank::self.dist.world]]
-        label_tokens = self.dist.sum_(torch.tensor(float(sum(_label_count(ex) for ex in mine))))
-        examples = self.dist.sum_(torch.tensor(float(len(mine))))
+        per_example = self.settings.loss_per == "example"
+        local = len(mine) if per_example else sum(_label_count(ex) for ex in mine)
+        denominator = self.dist.sum_(torch.tensor(float(local)))  # the global batch's examples or label tokens
         total_loss = torch.zeros(())
         size = self.settings.batch_size
         for micro in (mine[i:i + size] for i in range(0, len(mine), size)):
             sums, counts = self._example_losses(collate(self.processor, micro))
-            if self.settings.loss_per == "example":
-                objective = (sums / counts.clamp(min=1)).sum() / examples
-            else:
-                objective = sums.sum() / label_tokens
+            objective = ((sums / counts.clamp(min=1)) if per_example else sums).sum() / denominator
             objective.backward()
             total_loss += objective.detach().float().cpu()
         for _, parameter in self.trainable:
