@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qwen2vl.grounding import parse_boxes
-from qwen2vl.synthetic import COLOURS, PATCH, TASKS, canvas, samples, write_dataset
+from qwen2vl.synthetic import CELL, COLOURS, PATCH, TASKS, canvas, samples, write_dataset
 
 
 def image_bytes(sample):
@@ -128,10 +128,20 @@ def test_the_background_shifts_colour_from_left_to_right_and_top_to_bottom():
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_shapes_sit_on_the_patch_grid(seed):
+def test_shapes_sit_on_the_grid_of_visual_token_cells(seed):
     sample = next(samples(1, seed=seed, tasks=("colour",)))
     ys, xs = np.nonzero(colour_mask(next(iter(sample.images.values())), sample.answer))
-    assert xs.min() % PATCH <= 1 and ys.min() % PATCH <= 1  # a circle's outline may start a pixel in
+    assert xs.min() % CELL <= 1 and ys.min() % CELL <= 1  # a circle's outline may start a pixel in
+
+
+def test_no_visual_token_cell_shows_two_shapes():
+    for sample in samples(20, seed=0, tasks=("count",)):  # crowded pictures, up to seven shapes
+        image = next(iter(sample.images.values()))
+        masks = [colour_mask(image, colour) for colour in COLOURS]  # (shapes of one colour pass unseen)
+        height, width = masks[0].shape
+        for top in range(0, height, CELL):
+            for left in range(0, width, CELL):
+                assert sum(bool(m[top:top + CELL, left:left + CELL].any()) for m in masks) <= 1
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -12,10 +12,13 @@ and turning them into conversations with one checkable answer each:
 - comparing two pictures (which has more shapes);
 - a short video: which way the ball moves (needs the frames' order).
 The world is made easy to learn for a model of a few million parameters trained for an hour on a CPU:
-shapes and text sit on the vision tower's 14-pixel patch grid, text comes in one font size, the ball
-moves a few pixels per frame (so each two-frame video patch shows the motion), and the background
-shifts colour across the picture (RoPE alone carries no absolute position, and at the demo's head size
-M-RoPE's row and column rotations are slow; the tint tells a small model where it is looking).
+shapes sit on the grid of 28-pixel cells that visual tokens cover (after the merger), never two in
+one cell (from the same start, 1,000 steps of colour and shape questions reached 72%/70% against
+58%/38% with shapes on the 14-pixel patch grid), text starts on the patch grid in one font size
+(one character per cell read no better), the ball moves a few pixels per frame (so each two-frame
+video patch shows the motion), and the background shifts colour across the picture (RoPE alone
+carries no absolute position, and at the demo's head size M-RoPE's row and column rotations are
+slow; the tint tells a small model where it is looking).
 `write_dataset` writes the images and a JSONL file in the fine-tuning format, with each line's task
 and answer beside its messages. Does not own: training or scoring models.
 """
@@ -39,6 +42,7 @@ SHAPES = ("circle", "square", "triangle")
 WORDS = ("cat", "sun", "map", "box", "red", "tree", "fish", "milk", "star", "door", "moon", "book")
 DIRECTIONS = ("left", "right", "up", "down")
 PATCH = 14  # the vision tower's patch side in pixels
+CELL = 2 * PATCH  # the side of the pixels one visual token covers (the merger joins 2x2 patches)
 OCR_FONT_SIZE = 36
 VIDEO_MIN_PIXELS = 112 * 112  # frames keep their size instead of growing to the 128-token video default
 
@@ -66,16 +70,16 @@ def _size(rng: random.Random) -> tuple[int, int]:
 
 
 def _place(rng: random.Random, size: tuple[int, int], count: int) -> list[tuple]:
-    """Up to `count` square boxes on the patch grid (sides of 3 to 6 patches, at most half the
-    image), a patch apart at least."""
-    columns, rows = size[0] // PATCH, size[1] // PATCH
+    """Up to `count` square boxes on the grid of visual-token cells (sides of 2 or 3 cells), a cell
+    apart at least: no visual token shows parts of two shapes."""
+    columns, rows = size[0] // CELL, size[1] // CELL
     placed: list[tuple] = []
     for _ in range(count * 40):
         if len(placed) == count:
             break
-        side = rng.randint(3, max(3, min(6, min(columns, rows) // 2)))
+        side = rng.randint(2, max(2, min(3, min(columns, rows) // 2)))
         x, y = rng.randint(0, columns - side), rng.randint(0, rows - side)
-        box = (x * PATCH, y * PATCH, (x + side) * PATCH, (y + side) * PATCH)
+        box = (x * CELL, y * CELL, (x + side) * CELL, (y + side) * CELL)
         if all(box[2] < b[0] or b[2] < box[0] or box[3] < b[1] or b[3] < box[1] for b in placed):
             placed.append(box)
     return placed
