@@ -144,3 +144,14 @@ def test_aborted_stream_frees_its_slot(llm):
     stream.close()
     assert not llm.engine.has_unfinished()
     assert len(llm.engine.scheduler.free_slots) == 4
+
+
+def test_a_generated_placeholder_token_is_read_back_as_a_plain_token(llm):
+    runner, pad = llm.engine.runner, llm.model.config.image_token_id
+    sample = runner.sample
+    runner.sample = lambda seq, logits: (pad, None) if not seq.output_ids else sample(seq, logits)
+    try:
+        result = llm.generate([text_question("Hello")], SamplingParams(max_tokens=3, temperature=0.0))[0]
+    finally:
+        runner.sample = sample
+    assert result.token_ids[0] == pad and len(result.token_ids) == 3

@@ -48,7 +48,7 @@ class ModelRunner:
         cached = [seq.length - 1 for seq in seqs]
         position = torch.tensor([[c + seq.rope_delta] for c, seq in zip(cached, seqs)], device=self.device)
         positions = position.unsqueeze(0).expand(3, -1, -1)  # [3, B, 1]: the same on t, h and w
-        hidden = self.model.decode(self.model.embed(ids), positions, None,
+        hidden = self.model.decode(self.model.embed_tokens(ids), positions, None,
                                    self.cache.step([seq.slot for seq in seqs], cached))
         return self.model.logits(hidden[:, -1]).float()
 

@@ -105,10 +105,7 @@ class Qwen2VLModel(nn.Module):
         video_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token embeddings [B, T, hidden] with placeholder tokens replaced by vision features, in order."""
-        vocab = self.config.text.vocab_size
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-            raise InvalidInputError(f"token ids must lie in [0, {vocab}), got {int(input_ids.min())}..{int(input_ids.max())}")
-        embeds = self.model.embed_tokens(input_ids).to(self.compute_dtype)
+        embeds = self.embed_tokens(input_ids)
         for token_id, features, kind in (
             (self.config.image_token_id, image_features, "image"),
             (self.config.video_token_id, video_features, "video"),
@@ -123,6 +120,14 @@ class Qwen2VLModel(nn.Module):
             if count:
                 embeds = embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
         return embeds
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Plain token embeddings [B, T, hidden]: placeholders stay tokens (how generated tokens are read
+        back, as in transformers, so a model that emits <|image_pad|> does not fail its request)."""
+        vocab = self.config.text.vocab_size
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+            raise InvalidInputError(f"token ids must lie in [0, {vocab}), got {int(input_ids.min())}..{int(input_ids.max())}")
+        return self.model.embed_tokens(input_ids).to(self.compute_dtype)
 
     def decode(
         self,
