@@ -108,6 +108,7 @@ def test_bench_prints_ratios_against_transformers(tiny_checkpoint):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("machine: memory read")
-    assert "| | transformers fp32 | qwen2vl | qwen2vl int8 |" in lines
+    assert "| | transformers fp32 | qwen2vl | qwen2vl int8 | qwen2vl int4 |" in lines
     assert any(line.startswith("| decode batch 1 (tok/s) |") and "×)" in line for line in lines)
+    assert lines[-2].startswith("int8 vs float32") and lines[-1].startswith("int4 vs float32")
     assert "next-token top-1 agreement" in lines[-1]

@@ -4,7 +4,7 @@ Owns: measuring, each implementation in a fresh process of its own (so peak memo
 load time, vision-encoder time for 448² and 896² images, prefill (image + text) time, time to first
 token, decode tokens/s at batch 1 and aggregate at batch 8, and peak RSS; the machine's own
 memory bandwidth and fp32 GEMM rate, to express each figure as a fraction of the roofline; int8's
-accuracy against float32 (relative error of final hidden states, top-1 agreement). Does not own:
+and int4's accuracy against float32 (relative error of final hidden states, top-1 agreement). Does not own:
 any of the machinery measured.
 """
 
@@ -130,30 +130,31 @@ def measure_transformers(directory: str, tokens: int) -> dict[str, float]:
     return out
 
 
-def measure_int8_accuracy(directory: str) -> dict[str, float]:
-    """Final hidden states and next-token choices of int8 against float32 over a fixed prompt set."""
+def measure_accuracy(directory: str) -> dict[str, dict[str, float]]:
+    """Final hidden states and next-token choices of int8 and int4 against float32 over a fixed prompt
+    set: {method: {"hidden_relative_error", "top1_agreement"}}."""
     from .loading import load_model
     from .processing import Processor
 
     processor = Processor.from_pretrained(directory)
-    prompts = [_conversation(_picture(224 + 56 * i), f"Question {i}: {PROMPT}") for i in range(4)] + [
-        _conversation(None, text) for text in ("Write a haiku about rain.", "What is 17 times 23?",
-                                               "Translate 'good morning' into French.", "List three prime numbers.")]
-    results = []
-    for quantize in (None, "int8"):
-        model = load_model(directory, quantize=quantize)
-        with torch.inference_mode():
-            results.append([model.hidden_states(**processor(p)) for p in prompts])
-        del model
-    errors, agree, total = [], 0, 0
-    reference_model = load_model(directory)
+    prompts = [processor(p) for p in [_conversation(_picture(224 + 56 * i), f"Question {i}: {PROMPT}") for i in range(4)]
+               + [_conversation(None, text) for text in ("Write a haiku about rain.", "What is 17 times 23?",
+                                                        "Translate 'good morning' into French.", "List three prime numbers.")]]
+    reference = load_model(directory)
     with torch.inference_mode():
-        for exact, approx in zip(*results):
-            errors.append(float((approx - exact).norm() / exact.norm()))
-            same = reference_model.logits(exact).argmax(-1) == reference_model.logits(approx).argmax(-1)
-            agree += int(same.sum())
-            total += same.numel()
-    return {"hidden_relative_error": float(np.mean(errors)), "top1_agreement": agree / total}
+        exact = [reference.hidden_states(**p) for p in prompts]
+        choices = [reference.logits(h).argmax(-1) for h in exact]
+    out = {}
+    for method in ("int8", "int4"):
+        model = load_model(directory, quantize=method)
+        with torch.inference_mode():
+            approx = [model.hidden_states(**p) for p in prompts]
+            same = [reference.logits(a).argmax(-1) == c for a, c in zip(approx, choices)]
+        del model
+        out[method] = {"hidden_relative_error": float(np.mean([float((a - e).norm() / e.norm())
+                                                                for a, e in zip(approx, exact)])),
+                       "top1_agreement": sum(int(s.sum()) for s in same) / sum(s.numel() for s in same)}
+    return out
 
 
 def measure_machine() -> dict[str, float]:
@@ -179,8 +180,9 @@ def _main() -> None:
     kind, directory, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
     measures = {"ours": lambda: measure_ours(directory, tokens, None),
                 "ours-int8": lambda: measure_ours(directory, tokens, "int8"),
+                "ours-int4": lambda: measure_ours(directory, tokens, "int4"),
                 "transformers": lambda: measure_transformers(directory, tokens),
-                "int8-accuracy": lambda: measure_int8_accuracy(directory),
+                "accuracy": lambda: measure_accuracy(directory),
                 "machine": measure_machine}
     print(json.dumps(measures[kind]()))
 

@@ -17,7 +17,7 @@ from .errors import ConfigError
 from .hub import resolve_model_dir
 from .model import Qwen2VLModel
 from .model.layers import Linear
-from .quant.int8 import int8_structure, quantize_int8, read_marker
+from .quant.transform import LAYERS, quantize as quantize_model, quantized_structure, read_marker
 from .weights import load_weights
 
 _DTYPES = {
@@ -51,26 +51,30 @@ def load_model(
     progress: Callable[[int, int], None] | None = None,
     quantize: str | None = None,
 ) -> Qwen2VLModel:
-    """`progress(done_bytes, total_bytes)` is called while weights load. `quantize="int8"` swaps the
-    projections for int8 ones after loading; a checkpoint saved in int8 loads as int8 directly.
-    The default (dtype None: exact float32 arithmetic) keeps a bfloat16 checkpoint's decoder
-    weights in bfloat16 on the CPU: the same products, half the bytes per decode step."""
+    """`progress(done_bytes, total_bytes)` is called while weights load. `quantize` ("int8" or
+    "int4") swaps layers for quantized ones after loading (quant/transform.py); a checkpoint saved
+    quantized loads that way directly. The default (dtype None: exact float32 arithmetic) keeps a
+    bfloat16 checkpoint's decoder weights in bfloat16 on the CPU: the same products, half the bytes
+    per decode step; int4 starts from that too and leaves the vision tower exact."""
     directory = resolve_model_dir(name, revision)
     config = ModelConfig.from_file(directory / "config.json")
-    saved_int8 = read_marker(directory)
-    if quantize not in (None, "int8"):
-        raise ConfigError(f"unsupported quantization '{quantize}' (supported: int8)")
-    target = torch.float32 if (saved_int8 or quantize) else parse_dtype(dtype, config)
+    saved = read_marker(directory)
+    if quantize not in (None, *LAYERS):
+        raise ConfigError(f"unsupported quantization '{quantize}' (supported: {', '.join(LAYERS)})")
+    if saved and quantize and quantize != saved.method:
+        raise ConfigError(f"{directory} is saved in {saved.method}; it cannot be loaded as {quantize}")
+    method = saved.method if saved else quantize
+    target = torch.float32 if method == "int8" else parse_dtype(dtype, config)
     with torch.device("meta"):
         model = Qwen2VLModel(config)
-        if saved_int8:
-            int8_structure(model, saved_int8)
+        if saved:
+            quantized_structure(model, saved)
     ignored = frozenset({"lm_head.weight"}) if config.text.tie_word_embeddings else frozenset()
-    exact_on_cpu = dtype is None and not (quantize or saved_int8) and torch.device(device).type == "cpu"
+    exact_on_cpu = dtype is None and method != "int8" and torch.device(device).type == "cpu"
     keep = bf16_parameter_names(model) if exact_on_cpu else frozenset()
     load_weights(model, directory, target, torch.device(device), ignored, progress, keep)
-    if quantize and not saved_int8:
-        quantize_int8(model)
+    if quantize and not saved:
+        quantize_model(model, quantize)
     model.requires_grad_(False)
     return model.eval()
 

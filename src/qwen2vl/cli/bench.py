@@ -26,7 +26,7 @@ def register(subparsers) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
     parser.add_argument("--tokens", type=int, default=32, help="tokens generated per decode measurement")
-    parser.add_argument("--no-int8", action="store_true", help="skip the int8 measurements")
+    parser.add_argument("--no-quantized", action="store_true", help="skip the int8 and int4 measurements")
     parser.set_defaults(run=run)
 
 
@@ -40,14 +40,15 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("transformers") is not None:
         columns["transformers fp32"] = run_worker("transformers", directory, args.tokens)
     columns["qwen2vl"] = run_worker("ours", directory, args.tokens)
-    if not args.no_int8:
+    if not args.no_quantized:
         columns["qwen2vl int8"] = run_worker("ours-int8", directory, args.tokens)
+        columns["qwen2vl int4"] = run_worker("ours-int4", directory, args.tokens)
     print(f"machine: memory read {machine['bandwidth_gb_s']:.1f} GB/s, fp32 GEMM {machine['gemm_gflops']:.0f} GFLOPS")
     print(table(columns, directory, machine))
-    if not args.no_int8:
-        accuracy = run_worker("int8-accuracy", directory, args.tokens)
-        print(f"int8 vs float32: final hidden states relative error {accuracy['hidden_relative_error']:.4f}, "
-              f"next-token top-1 agreement {100 * accuracy['top1_agreement']:.1f}%")
+    if not args.no_quantized:
+        for method, accuracy in run_worker("accuracy", directory, args.tokens).items():
+            print(f"{method} vs float32: final hidden states relative error {accuracy['hidden_relative_error']:.4f}, "
+                  f"next-token top-1 agreement {100 * accuracy['top1_agreement']:.1f}%")
     return 0
 
 

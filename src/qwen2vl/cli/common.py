@@ -28,7 +28,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     parser.add_argument("--vision-cache-mb", type=float, default=512, help="memory for reusing image encodings")
     parser.add_argument("--lora", help="a LoRA adapter directory (PEFT format) to merge into the model")
-    parser.add_argument("--quantize", choices=["int8"], help="int8 weights (CPU): faster, slightly less exact")
+    parser.add_argument("--quantize", choices=["int8", "int4"],
+                        help="int8 weights, or 4-bit decoder weights (CPU): faster, less exact")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

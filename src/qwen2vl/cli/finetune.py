@@ -1,4 +1,4 @@
-"""`qwen2vl finetune`, `merge` and `quantize`: train, fold an adapter in, write an int8 copy.
+"""`qwen2vl finetune`, `merge` and `quantize`: train, fold an adapter in, write a quantized copy.
 
 Owns: turning flags into TrainSettings and calling the fine-tuning API; writing derived checkpoints
 in the Hub layout (adapter merged, or int8). Does not own: training or quantizing (finetune/, quant/).
@@ -68,13 +68,16 @@ def register(subparsers) -> None:
     merge.add_argument("output", type=Path)
     merge.set_defaults(run=run_merge)
 
-    quantize = subparsers.add_parser("quantize", help="write an int8 copy of a model",
-                                     description="Write MODEL with int8 projections; it loads as int8 without re-quantizing.",
+    quantize = subparsers.add_parser("quantize", help="write an int8 or 4-bit copy of a model",
+                                     description="Write MODEL with quantized layers; it loads quantized without re-quantizing.",
                                      epilog="examples:\n  qwen2vl quantize Qwen/Qwen2-VL-2B-Instruct qwen2-vl-2b-int8\n"
+                                            "  qwen2vl quantize Qwen/Qwen2-VL-2B-Instruct qwen2-vl-2b-int4 --method int4\n"
                                             "  qwen2vl generate qwen2-vl-2b-int8 --prompt Hi",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     quantize.add_argument("model")
     quantize.add_argument("output", type=Path)
+    quantize.add_argument("--method", choices=["int8", "int4"], default="int8",
+                          help="int8: every projection; int4: the decoder's, in groups of 32 (default: int8)")
     quantize.set_defaults(run=run_quantize)
 
 
@@ -113,9 +116,9 @@ def run_merge(args: argparse.Namespace) -> int:
 def run_quantize(args: argparse.Namespace) -> int:
     from ..hub import resolve_model_dir
     from ..loading import load_model
-    from ..quant.int8 import save_int8_checkpoint
+    from ..quant.transform import save_quantized_checkpoint
 
     directory = resolve_model_dir(args.model)
-    save_int8_checkpoint(load_model(directory, quantize="int8"), args.output, directory)
+    save_quantized_checkpoint(load_model(directory, quantize=args.method), args.output, directory)
     print(f"wrote {args.output}")
     return 0

@@ -17,7 +17,7 @@ import torch
 from ..finetune.checkpoint import load_trained_adapter
 from ..hub import resolve_model_dir
 from ..loading import load_model
-from ..quant import quantize_int8
+from ..quant import quantize as quantize_model
 from ..processing import MediaLimits, Processor
 from .engine import Engine, Usage
 from .sampling import GenerationDefaults, SamplingParams
@@ -55,14 +55,14 @@ class Qwen2VL:
     ) -> "Qwen2VL":
         """Load a local checkpoint directory or Hub id. `progress(done, total)` reports weight bytes
         loaded; `lora` names an adapter directory (PEFT format) merged into the weights; `quantize="int8"`
-        runs the projections in int8 (CPU, after merging any adapter)."""
+        runs the projections in int8, `"int4"` the decoder's in 4 bits (CPU, after merging any adapter)."""
         directory = resolve_model_dir(name, revision)
         model = load_model(directory, dtype=dtype, device=device, progress=progress,
                            quantize=None if lora is not None else quantize)
         if lora is not None:
             load_trained_adapter(model, lora)
             if quantize:
-                quantize_int8(model)
+                quantize_model(model, quantize)
         processor = Processor.from_pretrained(directory, limits=limits)
         defaults = GenerationDefaults.from_file(directory / "generation_config.json", model.config.eos_token_ids)
         return cls(model, processor, defaults, max_batch_size=max_batch_size, max_model_len=max_model_len,
