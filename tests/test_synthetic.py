@@ -103,6 +103,18 @@ def test_written_dataset_loads_as_fine_tuning_data(tiny_checkpoint, tmp_path):
     assert all(r.messages[-1]["role"] == "assistant" for r in records)
 
 
+def test_datasets_written_to_one_directory_with_one_seed_keep_their_own_pictures(tmp_path):
+    from PIL import Image
+
+    from qwen2vl.demo_model import read_questions
+
+    lone = write_dataset(tmp_path, 4, seed=2, tasks=("lone-grounding",), name="lone.jsonl")
+    write_dataset(tmp_path, 4, seed=2, tasks=("ocr",), name="ocr.jsonl")
+    for row, question in read_questions(lone):
+        image = Image.open(question[0]["content"][0]["image"])
+        assert colour_mask(image, row["answer"].split("the ")[1].split()[0]).any()  # the named shape is there
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_descriptions_name_the_pictures_colours_from_left_to_right(seed):
     sample = next(samples(1, seed=seed, tasks=("describe",)))

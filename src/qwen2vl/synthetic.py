@@ -252,20 +252,22 @@ def samples(count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS)) -> Ite
 
 def write_dataset(directory: str | Path, count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS),
                   name: str = "data.jsonl") -> Path:
-    """Images under directory/media/ and one JSONL line per sample: messages (with the answer as the
-    assistant turn, media paths relative to the file), task and answer."""
+    """Images under directory/media/<name without .jsonl>/ (so datasets sharing a directory keep
+    their own pictures) and one JSONL line per sample: messages (with the answer as the assistant
+    turn, media paths relative to the file), task and answer."""
     directory = Path(directory)
-    (directory / "media").mkdir(parents=True, exist_ok=True)
+    media = f"media/{Path(name).stem}"
+    (directory / media).mkdir(parents=True, exist_ok=True)
     lines = []
     for sample in samples(count, seed, tasks):
         for file, image in sample.images.items():
-            image.save(directory / "media" / file)
+            image.save(directory / media / file)
         messages = json.loads(json.dumps(sample.messages))
         for part in messages[0]["content"]:
             if part.get("type") == "image":
-                part["image"] = f"media/{part['image']}"
+                part["image"] = f"{media}/{part['image']}"
             elif part.get("type") == "video":
-                part["video"] = [f"media/{frame}" for frame in part["video"]]
+                part["video"] = [f"{media}/{frame}" for frame in part["video"]]
         messages.append({"role": "assistant", "content": sample.answer})
         lines.append(json.dumps({"task": sample.task, "answer": sample.answer, "messages": messages}))
     path = directory / name
