@@ -42,7 +42,7 @@ class Stage:
 
 
 STAGES = (
-    Stage("shapes", ("name", "describe"), 1500, seed=4),
+    Stage("shapes", ("name", "describe", "colour", "shape"), 1500, seed=4),
     Stage("lone-boxes", ("lone-grounding",), 1500, seed=5),
     Stage("direction", ("direction",), 800, seed=6),
     Stage("boxes", ("grounding",), 1500, seed=7),
