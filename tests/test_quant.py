@@ -51,6 +51,16 @@ def test_int4_linear_is_close_to_the_float_linear_at_one_and_many_rows():
         assert relative_error(quantized(x), linear(x)) < 0.12
 
 
+def test_int4_quantizing_in_row_blocks_packs_what_one_pass_packs(monkeypatch):
+    import qwen2vl.quant.int4 as int4
+
+    linear = torch.nn.Linear(64, 100)
+    packed, scales = pack(linear.weight)
+    monkeypatch.setattr(int4, "PACK_BYTES", 64 * 4 * 7)  # 7 rows at a time
+    blocked = Int4Linear.from_linear(linear)
+    assert torch.equal(blocked.weight_packed, packed) and torch.equal(blocked.weight_scale, scales)
+
+
 def test_int4_kernel_computes_the_unpacked_weights_product_up_to_int8_activations():
     compiled = kernel()
     if compiled is None:

@@ -22,6 +22,7 @@ from ..model.matvec import compiled
 GROUP = 32  # weights sharing one scale, along the input dimension
 KERNEL_MAX_ROWS = 16  # up to this many rows the kernel reads the packed weights once for all of them
 BLOCK_BYTES = 8 << 20  # float32 size of one unpacked block of rows (prefill)
+PACK_BYTES = 64 << 20  # float32 size of the rows packed at a time when quantizing
 
 
 def kernel():
@@ -72,10 +73,12 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int4Linear":
         module = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        packed, scales = pack(linear.weight)
+        step = max(1, PACK_BYTES // (4 * linear.in_features))  # rows packed at a time: bounded float32 temporaries
         with torch.no_grad():
-            module.weight_packed.copy_(packed)
-            module.weight_scale.copy_(scales)
+            for start in range(0, linear.out_features, step):
+                packed, scales = pack(linear.weight[start:start + step])
+                module.weight_packed[start:start + step] = packed
+                module.weight_scale[start:start + step] = scales
             if linear.bias is not None:
                 module.bias.copy_(linear.bias.detach().float())
         return module
