@@ -50,7 +50,8 @@ def _peak_rss_gib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20
 
 
-def measure_ours(directory: str, tokens: int, quantize: str | None) -> dict[str, float]:
+def measure_ours(directory: str, tokens: int, quantize: str | None, vision: bool = True) -> dict[str, float]:
+    """Our engine's figures; `vision=False` skips the vision-encoder timings (int4 leaves the tower exact)."""
     from .engine import Qwen2VL, SamplingParams
 
     start = time.perf_counter()
@@ -59,7 +60,7 @@ def measure_ours(directory: str, tokens: int, quantize: str | None) -> dict[str,
     model, engine = llm.model, llm.engine
     llm.generate([_conversation(_picture(WARMUP_SIDE))], SamplingParams(max_tokens=2, temperature=0))
     with torch.inference_mode():
-        for side in (448, 896):
+        for side in (448, 896) if vision else ():
             inputs = llm.processor(_conversation(_picture(side)))
             encode = lambda: model.encode_vision(inputs["pixel_values"], inputs["image_grid_thw"], "image")  # noqa: E731
             out[f"vision_{side}_s"] = _seconds(encode)
@@ -180,7 +181,7 @@ def _main() -> None:
     kind, directory, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
     measures = {"ours": lambda: measure_ours(directory, tokens, None),
                 "ours-int8": lambda: measure_ours(directory, tokens, "int8"),
-                "ours-int4": lambda: measure_ours(directory, tokens, "int4"),
+                "ours-int4": lambda: measure_ours(directory, tokens, "int4", vision=False),
                 "transformers": lambda: measure_transformers(directory, tokens),
                 "accuracy": lambda: measure_accuracy(directory),
                 "machine": measure_machine}
