@@ -6,11 +6,13 @@ streams without changing any product, only the order of float32 sums.
 
 Owns: `bf16_project`, which picks the C++ kernel (matvec.py) for a few rows (decode) and
 widens the weights block by block into a small float32 buffer for many rows (prefill), where the
-CPU's float32 GEMM does the arithmetic. Does not own: which parameters stay bfloat16 (loading.py)
+CPU's float32 GEMM does the arithmetic (`product_in_blocks`, which int4's prefill shares). Does not own: which parameters stay bfloat16 (loading.py)
 or the dispatch on dtypes (layers.project).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +39,17 @@ def bf16_project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 def widened_in_blocks(flat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """flat [M, K] @ weight [N, K]^T, widening BLOCK_BYTES of weight rows at a time. Returns [M, N]."""
     n, k = weight.shape
-    step = max(16, BLOCK_BYTES // (4 * k))
-    out = torch.empty(flat.shape[0], n, dtype=torch.float32)
-    block = torch.empty(min(step, n), k, dtype=torch.float32)
-    for start in range(0, n, step):
-        count = min(step, n - start)
-        block[:count].copy_(weight[start:start + count])
-        torch.mm(flat, block[:count].T, out=out[:, start:start + count])  # BLAS writes the column slice in place
-    return out
+    buffer = torch.empty(min(max(16, BLOCK_BYTES // (4 * k)), n), k, dtype=torch.float32)
+    return product_in_blocks(flat, n, lambda start, stop: buffer[:stop - start].copy_(weight[start:stop]))
 
+
+def product_in_blocks(flat: torch.Tensor, n: int,
+                      rows: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """flat [M, K] @ W^T for weights W [N, K] held in some narrower form, `rows(start, stop)` giving
+    W[start:stop] in float32, BLOCK_BYTES of them at a time. Returns [M, N]."""
+    step = max(16, BLOCK_BYTES // (4 * flat.shape[1]))
+    out = torch.empty(flat.shape[0], n, dtype=torch.float32)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        torch.mm(flat, rows(start, stop).T, out=out[:, start:stop])  # BLAS writes the column slice in place
+    return out

@@ -19,6 +19,7 @@ from types import ModuleType
 KERNEL_MAX_ROWS = 16  # up to this many rows the kernel streams the weights once for all of them
 
 
+@functools.cache
 def kernel() -> ModuleType | None:
     """The bfloat16 kernel, built once per machine (cached by torch), or None where it cannot be had."""
     return compiled("qwen2vl_matvec", Path(__file__).with_name("matvec.cpp"),

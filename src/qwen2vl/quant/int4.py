@@ -12,20 +12,22 @@ swapped or how checkpoints record it (transform.py), building the kernel (model/
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..model.matvec import compiled
+from ..model.bf16_weights import product_in_blocks
+from ..model.matvec import KERNEL_MAX_ROWS, compiled
 
 GROUP = 32  # weights sharing one scale, along the input dimension
-KERNEL_MAX_ROWS = 16  # up to this many rows the kernel reads the packed weights once for all of them
-BLOCK_BYTES = 8 << 20  # float32 size of one unpacked block of rows (prefill)
 PACK_BYTES = 64 << 20  # float32 size of the rows packed at a time when quantizing
 
 
+@functools.cache
 def kernel():
+    """The 4-bit kernel, or None where it cannot be had (looked up once: it is asked on every product)."""
     return compiled("qwen2vl_int4", Path(__file__).with_name("int4_matvec.cpp"),
                     "4-bit weights are unpacked to float32 by torch instead (same results, much slower)")
 
@@ -91,19 +93,11 @@ class Int4Linear(nn.Module):
         if rows <= KERNEL_MAX_ROWS and compiled_kernel is not None:
             out = compiled_kernel.int4_matvec(flat, self.weight_packed, self.weight_scale)
         else:
-            out = self._unpacked_in_blocks(flat)
+            out = product_in_blocks(flat, self.out_features, lambda start, stop: unpack(
+                self.weight_packed[start:stop], self.weight_scale[start:stop]))
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features).to(dtype)
-
-    def _unpacked_in_blocks(self, flat: torch.Tensor) -> torch.Tensor:
-        """flat [M, K] @ W^T, unpacking BLOCK_BYTES of float32 weight rows at a time. Returns [M, N]."""
-        step = max(16, BLOCK_BYTES // (4 * self.in_features))
-        out = torch.empty(flat.shape[0], self.out_features, dtype=torch.float32)
-        for start in range(0, self.out_features, step):
-            block = unpack(self.weight_packed[start:start + step], self.weight_scale[start:start + step])
-            torch.mm(flat, block.T, out=out[:, start:start + block.shape[0]])
-        return out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {GROUP}"
