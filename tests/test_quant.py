@@ -61,15 +61,25 @@ def test_int4_quantizing_in_row_blocks_packs_what_one_pass_packs(monkeypatch):
     assert torch.equal(blocked.weight_packed, packed) and torch.equal(blocked.weight_scale, scales)
 
 
-def test_int4_kernel_computes_the_unpacked_weights_product_up_to_int8_activations():
+def int8_rounded_per_32(x):
+    """x [M, K] with each 32 values rounded to int8 steps of their own scale (largest magnitude / 127)."""
+    groups = x.view(x.shape[0], -1, 32)
+    largest = groups.abs().amax(-1, keepdim=True)
+    steps = torch.where(largest > 0, torch.round(groups * 127 / largest), torch.zeros_like(groups))
+    return (steps * largest / 127).view_as(x)
+
+
+@pytest.mark.parametrize("groups", [1, 3, 10, 48])  # odd counts end in a group without a partner
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_int4_kernel_is_the_product_of_int8_rounded_activations_and_the_unpacked_weights(groups, rows):
     compiled = kernel()
     if compiled is None:
         pytest.skip("no AVX2 kernel on this machine")
-    torch.manual_seed(0)
-    packed, scales = pack(torch.randn(100, 320))
-    x = torch.randn(3, 320)
-    exact = x @ unpack(packed, scales).T
-    assert relative_error(compiled.int4_matvec(x, packed, scales), exact) < 0.01
+    torch.manual_seed(groups * 10 + rows)
+    packed, scales = pack(torch.randn(37, 32 * groups))
+    x = torch.randn(rows, 32 * groups)
+    exact = int8_rounded_per_32(x).double() @ unpack(packed, scales).double().T
+    assert relative_error(compiled.int4_matvec(x, packed, scales).double(), exact) < 1e-6
 
 
 def test_int4_many_rows_use_exactly_the_unpacked_weights():

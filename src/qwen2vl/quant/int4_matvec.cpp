@@ -1,7 +1,7 @@
 // y = x W^T for a few float32 rows x [M, K] and 4-bit weights W [N, K] (groups of 32 along K, one
 // float32 scale per group), the way llama.cpp's Q4_0 runs on a CPU: each 32 activations of a row
 // are rounded to int8 with their own scale, and the products are formed in integers
-// (vpmaddubsw, 32 at a time) and scaled once per group. Decode streams each weight once per token,
+// (vpmaddubsw) two groups per 32-byte load of weights, and scaled once per group. Decode streams each weight once per token,
 // so 4.5 bits per weight instead of 16 (bf16) or 8 (int8) is what makes it fast.
 //
 // Weight layout: packed [N, K / 2] bytes; the 16 bytes of group g of a row hold weight 32g + j in
@@ -19,33 +19,47 @@
 namespace {
 
 constexpr int64_t kGroup = 32;
+constexpr int64_t kPair = 2 * kGroup;  // the kernel's step: two groups, one 32-byte load of a weight row
 
-// Activations of one row rounded to int8 per group of 32: values, their scale, and
-// 8 * scale * sum(values) (what the +8 offset of the stored weights adds to each group's product).
+// Activations rounded to int8 per group of 32 (scale = largest magnitude / 127), laid out for the
+// kernel one pair of groups g, g + 1 at a time, each pair as two 32-byte vectors that line up with
+// the nibbles of a 32-byte weight load: [x_g[0..16) x_g+1[0..16)] (the low nibbles' weights) and
+// [x_g[16..32) x_g+1[16..32)] (the high nibbles'). An odd last group pairs with zeros.
 struct QuantizedRows {
-  std::vector<int8_t> values;  // [M, K]
-  std::vector<float> scale;    // [M, K / 32]
-  std::vector<float> offset;   // [M, K / 32]
+  int64_t pairs;
+  std::vector<int8_t> values;   // [M, pairs, 64]
+  std::vector<float> scale;     // [M, pairs, 8]: each group's scale over its four int32 lanes
+  std::vector<int32_t> offset;  // [M, pairs, 8]: 8 * the lanes' activation sums (the weights' +8)
 };
 
+__attribute__((target("avx2,fma")))
 QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K) {
-  const int64_t groups = K / kGroup;
-  QuantizedRows q{std::vector<int8_t>(M * K), std::vector<float>(M * groups), std::vector<float>(M * groups)};
+  const int64_t groups = K / kGroup, pairs = (groups + 1) / 2;
+  QuantizedRows q{pairs, std::vector<int8_t>(M * pairs * kPair, 0), std::vector<float>(M * pairs * 8, 0.0f),
+                  std::vector<int32_t>(M * pairs * 8, 0)};
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < groups; ++g) {
       const float* v = x + m * K + g * kGroup;
       float amax = 0.0f;
       for (int64_t t = 0; t < kGroup; ++t) amax = std::max(amax, std::fabs(v[t]));
-      const float scale = amax / 127.0f, inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
-      int32_t sum = 0;
-      for (int64_t t = 0; t < kGroup; ++t) {
-        const int32_t r = static_cast<int32_t>(std::nearbyint(v[t] * inverse));
-        q.values[m * K + g * kGroup + t] = static_cast<int8_t>(r);
-        sum += r;
+      const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+      const int64_t pair = m * q.pairs + g / 2, half = (g % 2) * (kGroup / 2);
+      int8_t* low = q.values.data() + pair * kPair + half;  // weights 0..15 of the group
+      int8_t* high = low + kGroup;                          // weights 16..31
+      for (int64_t t = 0; t < kGroup / 2; ++t) {
+        low[t] = static_cast<int8_t>(std::nearbyint(v[t] * inverse));
+        high[t] = static_cast<int8_t>(std::nearbyint(v[t + kGroup / 2] * inverse));
       }
-      q.scale[m * groups + g] = scale;
-      q.offset[m * groups + g] = 8.0f * scale * static_cast<float>(sum);
+      for (int lane = 0; lane < 4; ++lane) q.scale[pair * 8 + (g % 2) * 4 + lane] = amax / 127.0f;
     }
+  // The offsets by the very operations the kernel applies to weights, with every weight 8.
+  const __m256i eights = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
+  for (int64_t i = 0; i < M * q.pairs; ++i) {
+    const __m256i* v = reinterpret_cast<const __m256i*>(q.values.data() + i * kPair);
+    const __m256i sums = _mm256_add_epi16(_mm256_maddubs_epi16(eights, _mm256_loadu_si256(v)),
+                                          _mm256_maddubs_epi16(eights, _mm256_loadu_si256(v + 1)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q.offset.data() + i * 8), _mm256_madd_epi16(sums, ones));
+  }
   return q;
 }
 
@@ -56,12 +70,19 @@ float sum_avx2(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1)));
 }
 
-// The 32 stored weights (0..15) of one group, in order, one per byte.
-__attribute__((target("avx2,fma"))) inline __m256i unpack(const uint8_t* p) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i nibble = _mm_set1_epi8(0x0F);
-  const __m128i low = _mm_and_si128(raw, nibble), high = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
-  return _mm256_set_m128i(high, low);
+// One weight row's pair p: 32 bytes (16 for a lone last group, the rest zero) and its two group
+// scales spread over the int32 lanes [s_g x4, s_g+1 x4] (zero for a missing group).
+__attribute__((target("avx2,fma"))) inline void load_pair(const uint8_t* row, const float* row_scales, int64_t p,
+                                                         int64_t groups, __m256i* bytes, __m256* scales) {
+  const __m256i lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  if (2 * p + 1 < groups) {
+    *bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + p * kGroup));
+    const __m128 two = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row_scales + 2 * p)));
+    *scales = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), lanes);
+  } else {
+    *bytes = _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + p * kGroup)));
+    *scales = _mm256_setr_ps(row_scales[2 * p], row_scales[2 * p], row_scales[2 * p], row_scales[2 * p], 0, 0, 0, 0);
+  }
 }
 
 // Weight rows [n0, n0 + R) against activation rows [m0, m0 + MC).
@@ -70,35 +91,38 @@ __attribute__((target("avx2,fma")))
 void block(const QuantizedRows& xq, const uint8_t* w, const float* ws, int64_t K, float* y, int64_t N,
            int64_t n0, int64_t m0) {
   const int64_t groups = K / kGroup;
-  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1), nibble = _mm256_set1_epi8(0x0F);
   __m256 acc[R][MC];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MC; ++m) acc[r][m] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256i u[R];
+  for (int64_t p = 0; p < xq.pairs; ++p) {
+    __m256i low[R], high[R];
+    __m256 wscale[R];
     for (int r = 0; r < R; ++r) {
-      const uint8_t* p = w + (n0 + r) * (K / 2) + g * (kGroup / 2);
-      _mm_prefetch(reinterpret_cast<const char*>(p) + 1024, _MM_HINT_T0);
-      u[r] = unpack(p);
+      const uint8_t* row = w + (n0 + r) * (K / 2);
+      if ((p & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(row + p * kGroup) + 1024, _MM_HINT_T0);
+      __m256i bytes;
+      load_pair(row, ws + (n0 + r) * groups, p, groups, &bytes, &wscale[r]);
+      low[r] = _mm256_and_si256(bytes, nibble);
+      high[r] = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble);
     }
     for (int m = 0; m < MC; ++m) {
-      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.values.data() + (m0 + m) * K + g * kGroup));
-      const float sx = xq.scale[(m0 + m) * groups + g];
+      const int64_t i = (m0 + m) * xq.pairs + p;
+      const __m256i* xv = reinterpret_cast<const __m256i*>(xq.values.data() + i * kPair);
+      const __m256i xlow = _mm256_loadu_si256(xv), xhigh = _mm256_loadu_si256(xv + 1);
+      const __m256i offset = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.offset.data() + i * 8));
+      const __m256 xscale = _mm256_loadu_ps(xq.scale.data() + i * 8);
       for (int r = 0; r < R; ++r) {
-        const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(u[r], xv), ones);  // 8 sums of 4 products
-        const __m256 scale = _mm256_set1_ps(ws[(n0 + r) * groups + g] * sx);
-        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r][m]);
+        // int16 sums of 2 products, both halves (|sum| <= 2 * 2 * 15 * 127), then int32 sums of 8 per lane
+        const __m256i pairs16 = _mm256_add_epi16(_mm256_maddubs_epi16(low[r], xlow),
+                                                 _mm256_maddubs_epi16(high[r], xhigh));
+        const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(pairs16, ones), offset);
+        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(wscale[r], xscale), acc[r][m]);
       }
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MC; ++m) {
-      const float* s = ws + (n0 + r) * groups;
-      const float* o = xq.offset.data() + (m0 + m) * groups;
-      float offset = 0.0f;
-      for (int64_t g = 0; g < groups; ++g) offset += s[g] * o[g];
-      y[(m0 + m) * N + n0 + r] = sum_avx2(acc[r][m]) - offset;
-    }
+    for (int m = 0; m < MC; ++m) y[(m0 + m) * N + n0 + r] = sum_avx2(acc[r][m]);
 }
 
 template <int R>
