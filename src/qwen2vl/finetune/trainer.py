@@ -75,6 +75,7 @@ class Trainer:
         steps_per_epoch = math.ceil(len(self.train[0]) / self.global_batch)
         self.total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
         self.steps_per_epoch = steps_per_epoch
+        self._epoch_batches: tuple[int, list[list[int]]] = (-1, [])  # (epoch, its batches): shuffled once an epoch
         params = [p for _, p in self.trainable]
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
         warmup = int(settings.warmup_ratio * self.total_steps)
@@ -148,8 +149,10 @@ class Trainer:
         started = time.perf_counter()
         epoch, position = divmod(step, self.steps_per_epoch)
         records, lengths = self.train
-        indices = batch_order(lengths, self.global_batch, self.settings.seed, epoch,
-                              self.settings.group_by_length)[position]
+        if self._epoch_batches[0] != epoch:
+            self._epoch_batches = (epoch, batch_order(lengths, self.global_batch, self.settings.seed, epoch,
+                                                      self.settings.group_by_length))
+        indices = self._epoch_batches[1][position]
         mine = [encode_example(self.processor, records[i].messages) for i in indices[self.dist.rank::self.dist.world]]
         per_example = self.settings.loss_per == "example"
         local = len(mine) if per_example else sum(_label_count(ex) for ex in mine)
