@@ -77,21 +77,21 @@ def main() -> None:
                                                  max_length=1024, group_by_length=False),
                      resume=args.resume)
         start = output
-        scores = stage_scores(output, heldout)
-    for task, s in sorted(scores.items()):
-        print(f"{task:10s} {s.correct:4d}/{s.total:<4d} {100 * s.accuracy:5.1f}%")
+        if not (args.resume and (output / "scores.json").is_file()):
+            write_stage_scores(output, heldout)
+    for task, s in sorted(json.loads((start / "scores.json").read_text()).items()):
+        print(f"{task:10s} {s['correct']:4d}/{s['total']:<4d} {100 * s['accuracy']:5.1f}%")
     if args.publish is not None:
         publish(args.output, start, args.publish)
 
 
-def stage_scores(model_dir: Path, heldout: Path) -> dict:
+def write_stage_scores(model_dir: Path, heldout: Path) -> None:
     """Held-out scores of one stage's model, written beside it as scores.json and printed in one line."""
     scores = score(Qwen2VL.from_pretrained(model_dir), heldout)
     report = {task: {"correct": s.correct, "total": s.total, "accuracy": s.accuracy} for task, s in scores.items()}
     (model_dir / "scores.json").write_text(json.dumps(report, indent=2))
     print(model_dir.name, " ".join(f"{task} {100 * s.accuracy:.0f}%" for task, s in sorted(scores.items())),
           flush=True)
-    return scores
 
 
 def publish(run: Path, model_dir: Path, target: Path) -> None:

@@ -6,8 +6,8 @@ streams without changing any product, only the order of float32 sums.
 
 Owns: `bf16_project`, which picks the C++ kernel (matvec.py) for a few rows (decode) and
 widens the weights block by block into a small float32 buffer for many rows (prefill), where the
-CPU's float32 GEMM does the arithmetic (`product_in_blocks`, which int4's prefill shares). Does not own: which parameters stay bfloat16 (loading.py)
-or the dispatch on dtypes (layers.project).
+CPU's float32 GEMM does the arithmetic (`product_in_blocks`, which int4's prefill shares).
+Does not own: which parameters stay bfloat16 (loading.py) or the dispatch on dtypes (layers.project).
 """
 
 from __future__ import annotations

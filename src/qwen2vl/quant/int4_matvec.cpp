@@ -1,8 +1,8 @@
 // y = x W^T for a few float32 rows x [M, K] and 4-bit weights W [N, K] (groups of 32 along K, one
 // float32 scale per group), the way llama.cpp's Q4_0 runs on a CPU: each 32 activations of a row
-// are rounded to int8 with their own scale, and the products are formed in integers
-// (vpmaddubsw) two groups per 32-byte load of weights, and scaled once per group. Decode streams each weight once per token,
-// so 4.5 bits per weight instead of 16 (bf16) or 8 (int8) is what makes it fast.
+// are rounded to int8 with their own scale, and the products are formed in integers (vpmaddubsw),
+// two groups per 32-byte load of weights, and scaled once per group. Decode streams each weight
+// once per token, so 4.5 bits per weight instead of 16 (bf16) or 8 (int8) is what makes it fast.
 //
 // Weight layout: packed [N, K / 2] bytes; the 16 bytes of group g of a row hold weight 32g + j in
 // the low nibble of byte j and weight 32g + 16 + j in its high nibble, each stored as q + 8 with
