@@ -4,11 +4,14 @@
 2. Build the small tokenizer from the training texts and write a random starting checkpoint.
 3. Full fine-tuning with our trainer (vision tower and merger included), stage after stage, each
    continuing from the last (see STAGES). Boxes come first, from the random start: a lone shape's
-   box, then boxes among several shapes (a model that first learned to name shapes and colours
-   learned boxes far worse). Naming, colours and shapes, then the video direction, follow with box
-   questions kept in the mix so they are not forgotten; a final mixture of every task trains the
-   rest. Batches are plain shuffled (length-grouped batches hold one kind of task each, which
-   learned more slowly).
+   box, then boxes among several shapes (a model that first learned anything else learned boxes
+   far worse). The video direction follows, then naming, colours and shapes, each with the tasks
+   before it kept in the mix so they are not forgotten; a final mixture of every task trains the
+   rest. From the direction on, the loss is averaged over examples, not answer tokens: under the
+   token average a two-token answer (a direction, a colour, a count) weighs a fifteenth of a box
+   answer and is drowned (the box stages keep the token average: their answers are all about the
+   same length). Batches are plain shuffled (length-grouped batches hold one kind of task each,
+   which learned more slowly).
 4. Score on the held-out set after every stage (scores.json in each stage's directory, so the
    log shows what each stage taught and what it made the model forget).
 5. With --publish DIR: copy the Hub file set, the scores and the training logs there (this is how
@@ -41,13 +44,15 @@ class Stage:
     tasks: tuple[str, ...]  # drawn in turn, so a task named twice comes up twice as often
     steps: int
     seed: int
+    loss_per: str = "example"  # the trainer's loss average: "example" (short answers count) or "token"
 
 
 STAGES = (
-    Stage("lone-boxes", ("lone-grounding",), 1500, seed=5),
-    Stage("boxes", ("grounding", "grounding", "lone-grounding"), 1500, seed=7),
-    Stage("shapes", ("name", "describe", "colour", "shape", "grounding", "grounding"), 1500, seed=4),
-    Stage("direction", ("direction", "direction", "grounding"), 1000, seed=6),
+    Stage("lone-boxes", ("lone-grounding",), 1500, seed=5, loss_per="token"),
+    Stage("boxes", ("grounding", "grounding", "lone-grounding"), 1500, seed=7, loss_per="token"),
+    Stage("direction", ("direction", "direction", "grounding"), 2000, seed=6),
+    Stage("shapes", ("name", "describe", "colour", "shape", "grounding", "grounding", "grounding", "direction"),
+          1500, seed=4),
     Stage("all", ("name", "colour", "colour", "shape", "count", "count", "describe", "ocr", "ocr", "grounding",
                   "grounding", "grounding", "compare", "direction"), 7000, seed=1),
 )
@@ -74,7 +79,7 @@ def main() -> None:
             finetune(start, train, TrainSettings(output=output, mode="full", train_vision=True, train_merger=True,
                                                  batch_size=args.batch_size, max_steps=stage.steps, lr=args.lr,
                                                  warmup_ratio=0.02, weight_decay=0.01, save_every=2000,
-                                                 max_length=1024, group_by_length=False),
+                                                 max_length=1024, group_by_length=False, loss_per=stage.loss_per),
                      resume=args.resume)
         start = output
         if not (args.resume and (output / "scores.json").is_file()):
