@@ -15,7 +15,7 @@
 4. Score on the held-out set after every stage (scores.json in each stage's directory, so the
    log shows what each stage taught and what it made the model forget).
 5. With --publish DIR: copy the Hub file set, the scores and the training logs there (this is how
-   models/qwen2vl-demo is to be made: about 75 minutes on a 2-core CPU with the defaults).
+   models/qwen2vl-demo is to be made: about 80 minutes on a 2-core CPU with the defaults).
 
     .venv/bin/python examples/train_demo_model.py --output runs/demo --publish models/qwen2vl-demo
 """
