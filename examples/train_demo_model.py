@@ -8,7 +8,7 @@
    far worse). The video direction follows, then naming, colours and shapes, each with the tasks
    before it kept in the mix so they are not forgotten; a final mixture of every task trains the
    rest. From the direction on, the loss is averaged over examples, not answer tokens: under the
-   token average a two-token answer (a direction, a colour, a count) weighs a fifteenth of a box
+   token average a two-token answer (a direction, a colour, a count) weighs a sixteenth of a box
    answer and is drowned (the box stages keep the token average: their answers are all about the
    same length). Batches are plain shuffled (length-grouped batches hold one kind of task each,
    which learned more slowly).
