@@ -5,8 +5,8 @@
 3. Full fine-tuning with our trainer (vision tower and merger included), stage after stage, each
    continuing from the last (see STAGES). Boxes come first, from the random start: a lone shape's
    box, then boxes among several shapes (a model that first learned anything else learned boxes
-   far worse). The video direction follows, then naming, colours and shapes, each with the tasks
-   before it kept in the mix so they are not forgotten; a final mixture of every task trains the
+   far worse). The video direction follows, then naming, colours and shapes, each with boxes (and
+   the direction) kept in the mix so they are not forgotten; a final mixture of every task trains the
    rest. From the direction on, the loss is averaged over examples, not answer tokens: under the
    token average a two-token answer (a direction, a colour, a count) weighs a sixteenth of a box
    answer and is drowned (the box stages keep the token average: their answers are all about the
