@@ -92,9 +92,10 @@ def canvas(size: tuple[int, int]) -> Image.Image:
     return _background(size).copy()
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=64)
 def _background(size: tuple[int, int]) -> Image.Image:
-    """canvas() made once per size (there are a few dozen; making one took most of a sample's time)."""
+    """canvas() made once per size (the generator uses a few dozen sizes; making one took most of a
+    sample's time). Bounded: canvas() is public and callers may ask for any size."""
     width, height = size
     across = np.linspace(0.0, 1.0, width)[None, :].repeat(height, 0)  # (height, width)
     down = np.linspace(0.0, 1.0, height)[:, None].repeat(width, 1)
