@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from qwen2vl import CheckpointError, ModelNotFoundError, Qwen2VLModel
 from qwen2vl.random_checkpoint import TINY_CONFIG, random_weights, write_random_checkpoint
 from qwen2vl.config import ModelConfig
+from qwen2vl.model.layers import project
 
 UNTIED_CONFIG = {**TINY_CONFIG, "tie_word_embeddings": False}
 
@@ -55,7 +56,7 @@ def test_tied_checkpoint_projects_with_the_embedding_matrix(tmp_path):
     model = Qwen2VLModel.from_pretrained(str(tmp_path))
     hidden = torch.randn(1, 3, TINY_CONFIG["hidden_size"])
     assert model.lm_head is None
-    assert torch.equal(model.logits(hidden), hidden @ model.model.embed_tokens.weight.T)
+    assert torch.equal(model.logits(hidden), project(hidden, model.model.embed_tokens.weight))
 
 
 @pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16, torch.float16], ids=str)
