@@ -1,8 +1,11 @@
 """The Qwen2 decoder: embeddings, GQA attention with QKV bias and M-RoPE, SwiGLU, RMSNorm.
 
 Owns: input embeddings -> final normed hidden states; with a KV cache passed in by the caller,
-attention is delegated to it (it stores the new keys/values and attends over each sequence). Does not own: positions, rotary tables, masks, vision
-features or the LM head (qwen2vl.py), nor cache storage (the engine).
+attention is delegated to it (it stores the new keys/values and attends over each sequence). A padded
+batch can name its real tokens: projections, MLPs and norms then run on those tokens only, and just
+attention sees the padded layout (a shuffled training batch is ~40% padding).
+Does not own: positions, rotary tables, masks, vision features or the LM head (qwen2vl.py), nor cache
+storage (the engine).
 """
 
 from __future__ import annotations
@@ -47,12 +50,17 @@ class DecoderAttention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache: KVCache | None,
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        batch, length, _ = x.shape
+        """x [B, T, hidden], or with tokens (bool [B, T]) x [N, hidden] of the real tokens only."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if tokens is not None:
+            q, k, v = (scatter_tokens(t, tokens) for t in (q, k, v))  # [N, C] -> [B, T, C]
+        batch, length, _ = q.shape
         # [B, T, heads*D] -> [B, heads, T, D]
-        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = q.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             out = cache.attend(self.layer, q, k, v)
@@ -63,7 +71,8 @@ class DecoderAttention(nn.Module):
                 is_causal=mask is None and length > 1,
                 enable_gqa=self.num_kv_heads != self.num_heads,
             )  # [B, heads, T, D]
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        out = out.transpose(1, 2).reshape(batch, length, -1)  # [B, T, heads*D]
+        return self.o_proj(out if tokens is None else out[tokens])  # [B, T, hidden] or [N, hidden]
 
 
 class DecoderLayer(nn.Module):
@@ -74,8 +83,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, config.hidden_act)
 
-    def forward(self, x, cos, sin, mask, cache):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+    def forward(self, x, cos, sin, mask, cache, tokens=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, tokens)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -94,13 +103,22 @@ class Qwen2Decoder(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache: KVCache | None = None,
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """embeds [B, T, hidden]; cos/sin [B, 1, T, D]; mask [B, 1, T, T_total] or None (causal)."""
-        x = embeds
+        """embeds [B, T, hidden]; cos/sin [B, 1, T, D]; mask [B, 1, T, T_total] or None (causal);
+        tokens: bool [B, T], the real tokens of a padded batch (their outputs only; padding gives zeros)."""
+        x = embeds if tokens is None else embeds[tokens]  # [B, T, hidden] -> [N, hidden]
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute:
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache, tokens, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache)
-        return self.norm(x)
+                x = layer(x, cos, sin, mask, cache, tokens)
+        x = self.norm(x)
+        return x if tokens is None else scatter_tokens(x, tokens)
+
+
+def scatter_tokens(values: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """values [N, C] of the True places of tokens [B, T] -> [B, T, C], zeros elsewhere."""
+    padded = values.new_zeros(*tokens.shape, values.shape[-1])
+    return padded.index_put((tokens,), values)

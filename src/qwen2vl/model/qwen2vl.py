@@ -78,7 +78,8 @@ class Qwen2VLModel(nn.Module):
         positions, _ = rope_positions(self.layout, input_ids, attention_mask, image_grid_thw, video_grid_thw)
         key_valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         mask = causal_padded_mask(key_valid, 0, input_ids.shape[1])
-        return self.decode(embeds, positions, mask)
+        padded = not bool(key_valid.all())
+        return self.decode(embeds, positions, mask, tokens=key_valid if padded else None)
 
     def encode_vision(self, pixels: torch.Tensor | None, grid_thw: torch.Tensor | None, kind: str) -> torch.Tensor | None:
         """Vision features [sum(t*h*w)/4, hidden] for all images (or videos) of a batch, or None."""
@@ -135,11 +136,13 @@ class Qwen2VLModel(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor | None,
         cache: KVCache | None = None,
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Decoder over embeds [B, T, hidden] at M-RoPE positions [3, B, T]. Returns normed hidden states."""
+        """Decoder over embeds [B, T, hidden] at M-RoPE positions [3, B, T]. Returns normed hidden states
+        (zeros at padding when tokens, bool [B, T], names the real ones: see Qwen2Decoder)."""
         text = self.config.text
         cos, sin = mrope_cos_sin(positions, text.head_dim, text.rope_theta, text.mrope_section, embeds.dtype)
-        return self.model(embeds, cos, sin, mask, cache)
+        return self.model(embeds, cos, sin, mask, cache, tokens)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:
