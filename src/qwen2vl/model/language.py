@@ -3,7 +3,7 @@
 Owns: input embeddings -> final normed hidden states; with a KV cache passed in by the caller,
 attention is delegated to it (it stores the new keys/values and attends over each sequence). A padded
 batch can name its real tokens: projections, MLPs and norms then run on those tokens only, and just
-attention sees the padded layout (a shuffled training batch is ~40% padding).
+attention sees the padded layout (a shuffled training batch is ~30% padding).
 Does not own: positions, rotary tables, masks, vision features or the LM head (qwen2vl.py), nor cache
 storage (the engine).
 """
