@@ -10,11 +10,11 @@
    rest. Then the colour question alone at a gentler rate (the shape a colour question names is
    ignored until well over a thousand colour-only steps on a model that already knows kinds, and
    shared steps do not add up to that), and a short mixture at that rate to bring back what those
-   steps made the model forget. From the direction on, the loss is averaged over examples, not answer tokens: under the
-   token average a two-token answer (a direction, a colour, a count) weighs a sixteenth of a box
-   answer and is drowned (the box stages keep the token average: their answers are all about the
-   same length). Batches are plain shuffled (length-grouped batches hold one kind of task each,
-   which learned more slowly).
+   steps made the model forget. From the direction on, the loss is averaged over examples, not
+   answer tokens: under the token average a two-token answer (a direction, a colour, a count)
+   weighs a sixteenth of a box answer and is drowned (the box stages keep the token average: their
+   answers are all about the same length). Batches are plain shuffled (length-grouped batches hold
+   one kind of task each, which learned more slowly).
 4. Score on the held-out set after every stage (scores.json in each stage's directory, so the
    log shows what each stage taught and what it made the model forget).
 5. With --publish DIR: copy the Hub file set, the scores and the training logs there (this is how
@@ -78,10 +78,10 @@ def main() -> None:
 
     data = args.output / "data"
     with ProcessPoolExecutor(2) as pool:  # rendering pictures is a few minutes of the budget: both cores
-        heldout = pool.submit(write_dataset, data, args.heldout, seed=2, name="heldout.jsonl")
-        stages = [pool.submit(write_dataset, data, stage.steps * args.batch_size, seed=stage.seed, tasks=stage.tasks,
-                              name=f"{stage.name}.jsonl") for stage in STAGES]
-        heldout, stage_data = heldout.result(), [job.result() for job in stages]
+        heldout_job = pool.submit(write_dataset, data, args.heldout, seed=2, name="heldout.jsonl")
+        stage_jobs = [pool.submit(write_dataset, data, stage.steps * args.batch_size, seed=stage.seed,
+                                  tasks=stage.tasks, name=f"{stage.name}.jsonl") for stage in STAGES]
+        heldout, stage_data = heldout_job.result(), [job.result() for job in stage_jobs]
     mixture = next(path for stage, path in zip(STAGES, stage_data) if stage.name == "all")  # every task's texts
     start = write_base_checkpoint(args.output / "base", corpus_from(mixture), OFFICIAL)
     for stage, train in zip(STAGES, stage_data):
