@@ -13,7 +13,7 @@ def _right_padded(rows):
 
 
 def test_each_row_of_a_right_padded_batch_equals_the_row_alone(tiny_model):
-    ids, mask = _right_padded(list(PROMPTS))
+    ids, mask = _right_padded(PROMPTS)
     with torch.no_grad():
         batched = tiny_model.hidden_states(ids, attention_mask=mask)  # [2, T, hidden]
         for row, prompt in enumerate(PROMPTS):
@@ -22,7 +22,7 @@ def test_each_row_of_a_right_padded_batch_equals_the_row_alone(tiny_model):
 
 
 def test_decoder_projections_and_mlps_see_only_the_real_tokens(tiny_model):
-    ids, mask = _right_padded(list(PROMPTS))
+    ids, mask = _right_padded(PROMPTS)
     rows_seen = []
     layer = tiny_model.model.layers[0]
     hooks = [module.register_forward_hook(lambda _m, args, _out: rows_seen.append(args[0].shape[:-1].numel()))

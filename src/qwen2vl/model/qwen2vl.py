@@ -77,9 +77,8 @@ class Qwen2VLModel(nn.Module):
         embeds = self.embed(input_ids, image_features, video_features)
         positions, _ = rope_positions(self.layout, input_ids, attention_mask, image_grid_thw, video_grid_thw)
         key_valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        mask = causal_padded_mask(key_valid, 0, input_ids.shape[1])
-        padded = not bool(key_valid.all())
-        return self.decode(embeds, positions, mask, tokens=key_valid if padded else None)
+        mask = causal_padded_mask(key_valid, 0, input_ids.shape[1])  # None exactly when nothing is padding
+        return self.decode(embeds, positions, mask, tokens=None if mask is None else key_valid)
 
     def encode_vision(self, pixels: torch.Tensor | None, grid_thw: torch.Tensor | None, kind: str) -> torch.Tensor | None:
         """Vision features [sum(t*h*w)/4, hidden] for all images (or videos) of a batch, or None."""
