@@ -1,12 +1,18 @@
 """A static KV cache: one preallocated slot per concurrent sequence, as in gpt-fast.
 
 Owns: per-layer key/value storage [slots, kv_heads, max_len, head_dim] and attention over it for a
-step's sequences (each attends over exactly its own tokens, so batching never changes a sequence's
-attention). Storage is allocated with torch.empty, so memory pages are only touched as tokens are
-written. Does not own: which sequence has which slot (scheduler) or positions (runner).
+step's sequences. Each sequence attends over exactly its own tokens: a decode step whose sequences
+hold a run of consecutive slots attends in one call over that run, with every position past a
+sequence's own length masked out (weight exactly zero); any other step attends one sequence at a
+time. Storage is allocated with torch.empty, so memory pages are only touched as tokens are
+written; the positions a batched step masks out are zeroed first if nothing was ever written there
+(uninitialised memory may hold NaN, and a zero weight times NaN is NaN).
+Does not own: which sequence has which slot (scheduler) or positions (runner).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +27,7 @@ class StaticKVCache:
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.max_len = max_len
         self.gqa = config.num_key_value_heads != config.num_attention_heads
+        self.initialised = [0] * slots  # per slot: positions [0, n) have held a written or zeroed value
 
     def step(self, slots: list[int], cached: list[int]) -> "CacheStep":
         """A view for one forward: sequence b lives in slots[b] and already holds cached[b] tokens."""
@@ -31,6 +38,48 @@ class StaticKVCache:
         for keys, values in zip(self.keys, self.values):
             keys[target, :, :length] = keys[source, :, :length]
             values[target, :, :length] = values[source, :, :length]
+        self.initialised[target] = max(self.initialised[target], length)
+
+    def initialise(self, slot: int, length: int) -> None:
+        """Zero the positions of `slot` below `length` that nothing was ever written to."""
+        start = self.initialised[slot]
+        if start < length:
+            for keys, values in zip(self.keys, self.values):
+                keys[slot, :, start:length] = 0
+                values[slot, :, start:length] = 0
+            self.initialised[slot] = length
+
+
+@dataclass(frozen=True)
+class BatchedDecode:
+    """One new token for each sequence of a run of consecutive slots, attended in one call."""
+
+    run: slice  # the slots, in slot order
+    rows: torch.Tensor  # [B] the slot of each sequence, in batch order
+    positions: torch.Tensor  # [B] where each sequence's new token goes, in batch order
+    order: torch.Tensor | None  # [B] the batch sorted by slot, or None when it already is
+    inverse: torch.Tensor | None  # [B] back from slot order to batch order
+    mask: torch.Tensor  # [B, 1, 1, L] each slot's own positions, in slot order; L = the longest length
+
+
+def batched_decode(cache: StaticKVCache, slots: list[int], cached: list[int]) -> BatchedDecode | None:
+    """The batched form of a decode step, or None when its slots are not one run (or it has one sequence)."""
+    first = min(slots)
+    order = sorted(range(len(slots)), key=slots.__getitem__)
+    if len(slots) < 2 or [slots[b] for b in order] != list(range(first, first + len(slots))):
+        return None
+    device = cache.keys[0].device
+    length = max(cached) + 1
+    for slot in slots:
+        cache.initialise(slot, length)
+    in_slot_order = torch.tensor([cached[b] for b in order], device=device)
+    mask = torch.arange(length, device=device)[None, :] <= in_slot_order[:, None]  # [B, L]
+    ordered = order == list(range(len(slots)))
+    order_tensor = None if ordered else torch.tensor(order, device=device)
+    return BatchedDecode(
+        slice(first, first + len(slots)), torch.tensor(slots, device=device), torch.tensor(cached, device=device),
+        order_tensor, None if ordered else order_tensor.argsort(), mask[:, None, None, :],
+    )
 
 
 class CacheStep:
@@ -38,8 +87,25 @@ class CacheStep:
 
     def __init__(self, cache: StaticKVCache, slots: list[int], cached: list[int]):
         self.cache, self.slots, self.cached = cache, slots, cached
+        self.batched = batched_decode(cache, slots, cached) if len(slots) > 1 else None
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if q.shape[2] == 1 and self.batched is not None:
+            return self._attend_batched(layer, q, k, v)
+        return self._attend_each(layer, q, k, v)
+
+    def _attend_batched(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        keys, values, step = self.cache.keys[layer], self.cache.values[layer], self.batched
+        keys[step.rows, :, step.positions] = k[:, :, 0]  # k [B, kv_heads, 1, D] -> [B, kv_heads, D]
+        values[step.rows, :, step.positions] = v[:, :, 0]
+        length = step.mask.shape[-1]
+        out = F.scaled_dot_product_attention(  # [B, heads, 1, D], in slot order
+            q if step.order is None else q[step.order], keys[step.run, :, :length], values[step.run, :, :length],
+            attn_mask=step.mask, enable_gqa=self.cache.gqa,
+        )
+        return out if step.inverse is None else out[step.inverse]
+
+    def _attend_each(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         keys, values = self.cache.keys[layer], self.cache.values[layer]
         new = q.shape[2]
         outputs = []
@@ -47,6 +113,7 @@ class CacheStep:
             end = start + new
             keys[slot, :, start:end] = k[b]
             values[slot, :, start:end] = v[b]
+            self.cache.initialised[slot] = max(self.cache.initialised[slot], end)
             # [1, heads, new, D] over [1, kv_heads, end, D]; causal among the new tokens (prefill)
             mask = None
             if new > 1 and start > 0:

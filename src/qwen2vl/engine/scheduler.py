@@ -7,6 +7,7 @@ slots are free. Does not own: running the model (runner.py) or request state (se
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 
 from .sequence import Sequence, Status
@@ -14,7 +15,7 @@ from .sequence import Sequence, Status
 
 class Scheduler:
     def __init__(self, slots: int):
-        self.free_slots = list(range(slots))[::-1]
+        self.free_slots = list(range(slots))  # a heap: the lowest free slot first, so running slots stay one run
         self.waiting: deque[list[Sequence]] = deque()  # groups: the n samples of one request
         self.running: list[Sequence] = []
 
@@ -28,7 +29,7 @@ class Scheduler:
         while self.waiting and len(self.waiting[0]) <= len(self.free_slots):
             group = self.waiting.popleft()
             for seq in group:
-                seq.slot = self.free_slots.pop()
+                seq.slot = heapq.heappop(self.free_slots)
                 seq.status = Status.RUNNING
                 self.running.append(seq)
             admitted.append(group)
@@ -38,7 +39,7 @@ class Scheduler:
         """Return a finished sequence's slot."""
         if seq in self.running:
             self.running.remove(seq)
-            self.free_slots.append(seq.slot)
+            heapq.heappush(self.free_slots, seq.slot)
         seq.slot = None
 
     def abort(self, request_id: str) -> list[Sequence]:
