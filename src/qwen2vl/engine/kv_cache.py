@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from ..config import TextConfig
 
+INITIALISE_CHUNK = 128  # positions zeroed at a time ahead of a sequence in a batched decode step
+
 
 class StaticKVCache:
     def __init__(self, config: TextConfig, slots: int, max_len: int, dtype: torch.dtype, device: torch.device):
@@ -41,13 +43,16 @@ class StaticKVCache:
         self.initialised[target] = max(self.initialised[target], length)
 
     def initialise(self, slot: int, length: int) -> None:
-        """Zero the positions of `slot` below `length` that nothing was ever written to."""
+        """Make sure positions [0, length) of `slot` hold finite values: zero the ones nothing was
+        ever written to, up to the next multiple of INITIALISE_CHUNK (so this runs once in that many
+        decode steps, not at every one)."""
         start = self.initialised[slot]
         if start < length:
+            stop = min(self.max_len, -(-length // INITIALISE_CHUNK) * INITIALISE_CHUNK)
             for keys, values in zip(self.keys, self.values):
-                keys[slot, :, start:length] = 0
-                values[slot, :, start:length] = 0
-            self.initialised[slot] = length
+                keys[slot, :, start:stop] = 0
+                values[slot, :, start:stop] = 0
+            self.initialised[slot] = stop
 
 
 @dataclass(frozen=True)
