@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import BenchmarkError
+
 WARMUP_SIDE = 224  # one small image answered before timing: first-call costs are not the engine's speed
 PROMPT = "Describe this picture in detail, including colours, shapes and any text you can read."
 
@@ -173,8 +175,18 @@ def run_worker(kind: str, directory: str, tokens: int) -> dict[str, float]:
     command = [sys.executable, "-m", "qwen2vl.bench", kind, directory, str(tokens)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{kind} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
+        raise BenchmarkError(f"the {kind} measurement {_failure(done.returncode, done.stderr)}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _failure(returncode: int, stderr: str) -> str:
+    """How a measurement process ended, in a few words: its signal, or its last line of errors."""
+    if returncode < 0:
+        signal = -returncode
+        hint = " (SIGKILL: most often the kernel's out-of-memory killer)" if signal == 9 else ""
+        return f"was killed by signal {signal}{hint}"
+    lines = stderr.strip().splitlines()
+    return f"failed (exit {returncode}): {lines[-1] if lines else 'no error output'}"
 
 
 def _main() -> None:

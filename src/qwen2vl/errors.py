@@ -35,3 +35,7 @@ class LimitExceededError(InvalidInputError):
 
 class SourceNotAllowedError(InvalidInputError):
     """A media source kind is disabled (remote URLs, local files) or outside the allowed directory."""
+
+
+class BenchmarkError(Qwen2VLError):
+    """A benchmark measurement, run in a process of its own, failed or was killed."""
