@@ -1,18 +1,17 @@
-"""The static KV cache: a decode step over several sequences attends as each sequence would alone."""
+"""The static KV cache: a decode step over several sequences attends as each sequence would alone
+(and the scheduler keeps running sequences in consecutive slots, where that step is one call)."""
 
 import pytest
 import torch
 
-from qwen2vl.config import TextConfig
+from qwen2vl.config import ModelConfig
 from qwen2vl.engine.kv_cache import StaticKVCache
 from qwen2vl.engine.sampling import SamplingParams
 from qwen2vl.engine.scheduler import Scheduler
 from qwen2vl.engine.sequence import Sequence
+from qwen2vl.random_checkpoint import TINY_CONFIG
 
-CONFIG = TextConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
-                    rope_theta=10000.0, mrope_section=(2, 3, 3), hidden_act="silu", tie_word_embeddings=False,
-                    max_position_embeddings=128)
+CONFIG = ModelConfig.from_dict(TINY_CONFIG).text  # 4 query heads over 2 key/value heads of 16, 2 layers
 
 
 def _cache_holding(prompt_lengths: dict[int, int], garbage: float) -> StaticKVCache:

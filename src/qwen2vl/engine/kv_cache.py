@@ -92,7 +92,7 @@ class CacheStep:
 
     def __init__(self, cache: StaticKVCache, slots: list[int], cached: list[int]):
         self.cache, self.slots, self.cached = cache, slots, cached
-        self.batched = batched_decode(cache, slots, cached) if len(slots) > 1 else None
+        self.batched = batched_decode(cache, slots, cached)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if q.shape[2] == 1 and self.batched is not None:
