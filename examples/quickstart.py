@@ -1,72 +1,89 @@
-"""Ask Qwen2-VL about a picture, end to end, on a checkpoint this script writes with RANDOM weights.
+"""Ask the bundled demo model about the bundled example pictures: offline, in seconds.
 
-There is no trained model in the repository yet and the official weights need the network, so by
-default this writes a random-weight checkpoint in the official Hub layout (tiny, or the real 2B
-shape with 2 layers with --shape 2b-shallow) together with the real Qwen2-VL tokenizer, chat
-template, preprocessor and generation files, then does exactly what a user does with a real
-checkpoint: `Qwen2VL.from_pretrained`, a conversation with a picture, a generated answer. The
-answer is gibberish because the weights are random; the pipeline, token counts and speed are real.
-Pass --model DIR (a real checkpoint directory) or a Hub id to ask a real model the same way.
+models/qwen2vl-demo is a Qwen2-VL of 2.7 M parameters trained from random weights by
+examples/train_demo_model.py on synthetic pictures (README "Demo model" says what it gets right and
+what it does not). examples/demo/questions.jsonl holds one question of every kind the generator
+makes (qwen2vl.synthetic, seed 11) with the true answer. This script loads the model exactly as a
+user loads an official checkpoint (`Qwen2VL.from_pretrained`), asks every question in one batch,
+prints each answer beside the true one, and draws the box answer on its picture.
+
+    --model DIR | Qwen/Qwen2-VL-2B-Instruct    ask a real model the same questions, the same way
+    --image PATH --prompt TEXT                 ask your own question instead
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from qwen2vl import Qwen2VL, SamplingParams
-from qwen2vl.random_checkpoint import TINY_CONFIG, shallow, write_random_checkpoint
+from qwen2vl.demo_model import is_right, read_questions
+from qwen2vl.grounding import draw_boxes, parse_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ROOT / "tests" / "fixtures" / "qwen2vl_common"
+DEMO_MODEL = ROOT / "models" / "qwen2vl-demo"
+QUESTIONS = ROOT / "examples" / "demo" / "questions.jsonl"
+BOXES_OUT = ROOT / "runs" / "quickstart-boxes.png"
 
 
-def sample_picture() -> Image.Image:
-    """A 640x480 picture with a few coloured shapes."""
-    image = Image.new("RGB", (640, 480), "white")
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((60, 80, 220, 240), fill="red")
-    draw.rectangle((300, 200, 520, 420), fill="blue")
-    draw.polygon([(420, 40), (600, 180), (360, 170)], fill="green")
-    return image
+def ask_bundled(llm: Qwen2VL, max_tokens: int) -> None:
+    """Every bundled question in one batch; answers printed beside the generator's true answers."""
+    questions = read_questions(QUESTIONS)
+    start = time.perf_counter()
+    results = llm.generate([question for _, question in questions], SamplingParams(max_tokens=max_tokens))
+    seconds = time.perf_counter() - start
+    right = 0
+    for (row, question), result in zip(questions, results):
+        ok = is_right(row, question, result.text)
+        right += ok
+        prompt = question[0]["content"][-1]["text"]
+        print(f"[{row['task']}] {prompt}\n    answer: {result.text}\n    true:   {row['answer']}  "
+              f"({'right' if ok else 'wrong'})")
+        if row["task"] == "grounding":
+            draw_grounding(question[0]["content"][0]["image"], result.text)
+    print(f"{right} of {len(questions)} right, {len(questions)} questions answered in {seconds:.2f} s")
+
+
+def draw_grounding(image_path: str, answer: str) -> None:
+    """The answer's boxes drawn on the picture it is about, saved as BOXES_OUT."""
+    with Image.open(image_path) as image:
+        picture = image.convert("RGB")
+    boxes = parse_boxes(answer, picture.size)
+    BOXES_OUT.parent.mkdir(parents=True, exist_ok=True)
+    draw_boxes(picture, boxes).save(BOXES_OUT)
+    print(f"    drew {len(boxes)} box(es) on {BOXES_OUT.relative_to(ROOT)}")
+
+
+def ask_own(llm: Qwen2VL, image: str | None, prompt: str, max_tokens: int) -> None:
+    content = ([{"type": "image", "image": image}] if image else []) + [{"type": "text", "text": prompt}]
+    start = time.perf_counter()
+    result = llm.generate([[{"role": "user", "content": content}]], SamplingParams(max_tokens=max_tokens))[0]
+    seconds = time.perf_counter() - start
+    usage = result.usage
+    print(f"Q: {prompt}\nA: {result.text}")
+    print(f"[{usage.prompt_tokens} prompt tokens ({usage.visual_tokens} visual), {usage.completion_tokens} generated "
+          f"in {seconds:.2f} s, finish: {result.finish_reason}]")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a real checkpoint directory or Hub id (default: write a random one)")
-    parser.add_argument("--shape", choices=["tiny", "2b-shallow"], default="tiny")
-    parser.add_argument("--image", help="an image path or URL (default: a generated picture of shapes)")
-    parser.add_argument("--prompt", default="What shapes are in this picture?")
-    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--model", default=str(DEMO_MODEL), help="a checkpoint directory or Hub id (default: the "
+                                                                  "bundled demo model)")
+    parser.add_argument("--image", help="an image path or URL for your own question")
+    parser.add_argument("--prompt", help="your own question (default: the bundled questions)")
+    parser.add_argument("--max-tokens", type=int, default=48)
     args = parser.parse_args()
 
-    name = args.model
-    if name is None:
-        name = str(ROOT / "runs" / f"random-{args.shape}")
-        config = TINY_CONFIG if args.shape == "tiny" else shallow(
-            json.loads((ROOT / "tests/fixtures/Qwen2-VL-2B-Instruct.config.json").read_text()))
-        if not Path(name, "generation_config.json").is_file():
-            write_random_checkpoint(name, config, seed=0, copy_files_from=COMMON)
-        print(f"RANDOM WEIGHTS ({name}): the answer below is gibberish; the pipeline and speed are real.")
-
     start = time.perf_counter()
-    llm = Qwen2VL.from_pretrained(name)
-    print(f"loaded in {time.perf_counter() - start:.2f} s")
-    conversation = [{"role": "user", "content": [
-        {"type": "image", "image": args.image or sample_picture()},
-        {"type": "text", "text": args.prompt},
-    ]}]
-    start = time.perf_counter()
-    result = llm.generate([conversation], SamplingParams(max_tokens=args.max_tokens))[0]
-    seconds = time.perf_counter() - start
-    usage = result.usage
-    print(f"Q: {args.prompt}\nA: {result.text}")
-    print(f"[{usage.prompt_tokens} prompt tokens ({usage.visual_tokens} visual), {usage.completion_tokens} generated "
-          f"in {seconds:.2f} s, finish: {result.finish_reason}]")
+    llm = Qwen2VL.from_pretrained(args.model)
+    print(f"loaded {args.model} in {time.perf_counter() - start:.2f} s")
+    if args.prompt is None and args.image is None:
+        ask_bundled(llm, args.max_tokens)
+    else:
+        ask_own(llm, args.image, args.prompt or "Describe the picture from left to right.", args.max_tokens)
 
 
 if __name__ == "__main__":

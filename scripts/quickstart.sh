@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up the runtime environment on first use (.venv, CPU build of torch 2.13.0), then runs the
-# main job: examples/quickstart.py (see README: until the demo model ships, it runs a
-# random-weight checkpoint it writes itself). Extra arguments go to that script.
+# main job: examples/quickstart.py, which asks the bundled demo model (models/qwen2vl-demo) the
+# bundled example questions, offline. Extra arguments go to that script (--model DIR or a Hub id
+# for a real model; --image PATH --prompt TEXT for your own question).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${QWEN2VL_VENV:-.venv}"

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .finetune.data import line_messages
@@ -112,8 +113,6 @@ def read_questions(jsonl: Path) -> list[tuple[dict, list[dict]]]:
 def score(llm, jsonl: Path, batch: int = 8) -> dict[str, Score]:
     """Per-task accuracy of `llm` (a Qwen2VL) on a synthetic JSONL file: exact answers (case and
     surrounding space ignored), grounding by IoU >= 0.5 against the true box."""
-    from PIL import Image
-
     from .engine import SamplingParams
 
     questions = read_questions(jsonl)
@@ -122,12 +121,18 @@ def score(llm, jsonl: Path, batch: int = 8) -> dict[str, Score]:
     for start in range(0, len(questions), batch):
         chunk = questions[start:start + batch]
         for (row, question), result in zip(chunk, llm.generate([q for _, q in chunk], greedy)):
-            if row["task"] == "grounding":
-                image = Image.open(question[0]["content"][0]["image"])
-                truth, got = parse_boxes(row["answer"], image.size), parse_boxes(result.text, image.size)
-                ok = bool(got) and truth[0].iou(got[0]) >= 0.5
-            else:
-                ok = result.text.strip().lower().rstrip(".") == row["answer"].strip().lower()
-            results.setdefault(row["task"], []).append(ok)
+            results.setdefault(row["task"], []).append(is_right(row, question, result.text))
     return {task: Score(task, sum(oks), len(oks)) for task, oks in results.items()}
+
+
+def is_right(row: dict, question: list[dict], answer: str) -> bool:
+    """Whether `answer` answers a synthetic question (its JSONL row and the conversation asked):
+    the same text (case, surrounding space and a final period ignored), or for grounding a first box
+    with IoU >= 0.5 against the true one in the picture's pixels."""
+    if row["task"] != "grounding":
+        return answer.strip().lower().rstrip(".") == row["answer"].strip().lower()
+    with Image.open(question[0]["content"][0]["image"]) as image:
+        size = image.size
+    truth, got = parse_boxes(row["answer"], size), parse_boxes(answer, size)
+    return bool(got) and truth[0].iou(got[0]) >= 0.5
 
