@@ -5,7 +5,7 @@ examples/train_demo_model.py on synthetic pictures (README "Demo model" says wha
 what it does not). examples/demo/questions.jsonl holds one question of every kind the generator
 makes (qwen2vl.synthetic, seed 11) with the true answer. This script loads the model exactly as a
 user loads an official checkpoint (`Qwen2VL.from_pretrained`), asks every question in one batch,
-prints each answer beside the true one, and draws the box answer on its picture.
+prints each answer beside the true one, and draws the box answer on its picture (--draw-boxes).
 
     --model DIR | Qwen/Qwen2-VL-2B-Instruct    ask a real model the same questions, the same way
     --image PATH --prompt TEXT                 ask your own question instead
@@ -14,6 +14,7 @@ prints each answer beside the true one, and draws the box answer on its picture.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -21,15 +22,16 @@ from PIL import Image
 
 from qwen2vl import Qwen2VL, SamplingParams
 from qwen2vl.demo_model import is_right, read_questions
+from qwen2vl.errors import Qwen2VLError
 from qwen2vl.grounding import draw_boxes, parse_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "models" / "qwen2vl-demo"
 QUESTIONS = ROOT / "examples" / "demo" / "questions.jsonl"
-BOXES_OUT = ROOT / "runs" / "quickstart-boxes.png"
+BOXES_OUT = Path("runs") / "quickstart-boxes.png"
 
 
-def ask_bundled(llm: Qwen2VL, max_tokens: int) -> None:
+def ask_bundled(llm: Qwen2VL, max_tokens: int, boxes_out: Path) -> None:
     """Every bundled question in one batch; answers printed beside the generator's true answers."""
     questions = read_questions(QUESTIONS)
     start = time.perf_counter()
@@ -43,21 +45,22 @@ def ask_bundled(llm: Qwen2VL, max_tokens: int) -> None:
         print(f"[{row['task']}] {prompt}\n    answer: {result.text}\n    true:   {row['answer']}  "
               f"({'right' if ok else 'wrong'})")
         if row["task"] == "grounding":
-            draw_grounding(question[0]["content"][0]["image"], result.text)
+            draw_grounding(question[0]["content"][0]["image"], result.text, boxes_out)
     print(f"{right} of {len(questions)} right, {len(questions)} questions answered in {seconds:.2f} s")
 
 
-def draw_grounding(image_path: str, answer: str) -> None:
-    """The answer's boxes drawn on the picture it is about, saved as BOXES_OUT."""
+def draw_grounding(image_path: str, answer: str, out: Path) -> None:
+    """The answer's boxes drawn on the picture it is about, saved as `out`."""
     with Image.open(image_path) as image:
         picture = image.convert("RGB")
     boxes = parse_boxes(answer, picture.size)
-    BOXES_OUT.parent.mkdir(parents=True, exist_ok=True)
-    draw_boxes(picture, boxes).save(BOXES_OUT)
-    print(f"    drew {len(boxes)} box(es) on {BOXES_OUT.relative_to(ROOT)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    draw_boxes(picture, boxes).save(out)
+    print(f"    drew {len(boxes)} box(es) on {out}")
 
 
 def ask_own(llm: Qwen2VL, image: str | None, prompt: str, max_tokens: int) -> None:
+    """One question, about one picture or none, with its token counts and time."""
     content = ([{"type": "image", "image": image}] if image else []) + [{"type": "text", "text": prompt}]
     start = time.perf_counter()
     result = llm.generate([[{"role": "user", "content": content}]], SamplingParams(max_tokens=max_tokens))[0]
@@ -68,23 +71,30 @@ def ask_own(llm: Qwen2VL, image: str | None, prompt: str, max_tokens: int) -> No
           f"in {seconds:.2f} s, finish: {result.finish_reason}]")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEMO_MODEL), help="a checkpoint directory or Hub id (default: the "
                                                                   "bundled demo model)")
     parser.add_argument("--image", help="an image path or URL for your own question")
     parser.add_argument("--prompt", help="your own question (default: the bundled questions)")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--draw-boxes", type=Path, default=BOXES_OUT, metavar="PNG",
+                        help=f"where to draw the box question's answer (default: {BOXES_OUT})")
     args = parser.parse_args()
 
-    start = time.perf_counter()
-    llm = Qwen2VL.from_pretrained(args.model)
-    print(f"loaded {args.model} in {time.perf_counter() - start:.2f} s")
-    if args.prompt is None and args.image is None:
-        ask_bundled(llm, args.max_tokens)
-    else:
-        ask_own(llm, args.image, args.prompt or "Describe the picture from left to right.", args.max_tokens)
+    try:
+        start = time.perf_counter()
+        llm = Qwen2VL.from_pretrained(args.model)
+        print(f"loaded {args.model} in {time.perf_counter() - start:.2f} s")
+        if args.prompt is None and args.image is None:
+            ask_bundled(llm, args.max_tokens, args.draw_boxes)
+        else:
+            ask_own(llm, args.image, args.prompt or "Describe the picture from left to right.", args.max_tokens)
+    except Qwen2VLError as error:
+        print(f"quickstart: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
