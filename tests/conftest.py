@@ -45,14 +45,29 @@ def load_reference_model(directory):
     return model.eval()
 
 
-@pytest.fixture(scope="session")
-def reference_processor():
-    """transformers' Qwen2VLProcessor built from the real tokenizer and preprocessor files."""
+def reference_greedy_tokens(reference, inputs: dict, new_tokens: int) -> list[int]:
+    """The token ids transformers' generate(do_sample=False) adds after the prompt in `inputs`."""
+    import torch
+
+    with torch.inference_mode():
+        out = reference.generate(**inputs, do_sample=False, max_new_tokens=new_tokens, top_k=None, top_p=None,
+                                 temperature=None)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def load_reference_processor(directory):
+    """transformers' Qwen2VLProcessor from a checkpoint directory's tokenizer and preprocessor files."""
     from transformers import Qwen2VLProcessor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Qwen2VLProcessor.from_pretrained(str(COMMON))
+        return Qwen2VLProcessor.from_pretrained(str(directory))
+
+
+@pytest.fixture(scope="session")
+def reference_processor():
+    """transformers' Qwen2VLProcessor built from the real tokenizer and preprocessor files."""
+    return load_reference_processor(COMMON)
 
 
 def parity_configs():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import COMMON, load_reference_model, random_image
+from conftest import COMMON, load_reference_model, random_image, reference_greedy_tokens
 from qwen2vl import Qwen2VL, SamplingParams
 from qwen2vl.finetune.lora import LoraSettings, apply_lora, lora_modules, merge_lora, save_adapter
 from qwen2vl.loading import load_model
@@ -137,10 +137,7 @@ def test_greedy_decoding_on_bfloat16_weights_equals_transformers_float32(bf16_ch
     llm = Qwen2VL.from_pretrained(bf16_checkpoint)
     inputs = llm.engine.prepare(_image_question())
     ours = llm.generate([_image_question()], SamplingParams(max_tokens=24, temperature=0.0))[0].token_ids
-    with torch.inference_mode():
-        out = load_reference_model(bf16_checkpoint).generate(**inputs, do_sample=False, max_new_tokens=24,
-                                                             top_k=None, top_p=None, temperature=None)
-    assert ours == out[0, inputs["input_ids"].shape[1]:].tolist()
+    assert ours == reference_greedy_tokens(load_reference_model(bf16_checkpoint), inputs, 24)
     assert len(set(ours)) > 3
 
 

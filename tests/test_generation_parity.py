@@ -5,9 +5,8 @@ from __future__ import annotations
 import gc
 
 import pytest
-import torch
 
-from conftest import load_reference_model, parity_params, random_image, random_video
+from conftest import load_reference_model, parity_params, random_image, random_video, reference_greedy_tokens
 from qwen2vl import Qwen2VL, SamplingParams
 
 NEW_TOKENS = 32
@@ -52,12 +51,7 @@ def generations(request, parity_checkpoint):
     del llm
     gc.collect()
     reference = load_reference_model(directory)
-    with torch.inference_mode():
-        theirs = {}
-        for name, x in inputs.items():
-            out = reference.generate(**x, do_sample=False, max_new_tokens=NEW_TOKENS, top_k=None, top_p=None,
-                                     temperature=None)
-            theirs[name] = out[0, x["input_ids"].shape[1]:].tolist()
+    theirs = {name: reference_greedy_tokens(reference, x, NEW_TOKENS) for name, x in inputs.items()}
     del reference
     gc.collect()
     return ours, theirs, together
