@@ -52,10 +52,10 @@ def ask_bundled(llm: Qwen2VL, max_tokens: int, boxes_out: Path) -> None:
 def draw_grounding(image_path: str, answer: str, out: Path) -> None:
     """The answer's boxes drawn on the picture it is about, saved as `out`."""
     with Image.open(image_path) as image:
-        picture = image.convert("RGB")
-    boxes = parse_boxes(answer, picture.size)
+        boxes = parse_boxes(answer, image.size)
+        drawn = draw_boxes(image, boxes)  # an RGB copy
     out.parent.mkdir(parents=True, exist_ok=True)
-    draw_boxes(picture, boxes).save(out)
+    drawn.save(out)
     print(f"    drew {len(boxes)} box(es) on {out}")
 
 
