@@ -88,7 +88,7 @@ def rescale_box(box: Box, from_size: tuple[int, int], to_size: tuple[int, int]) 
 
 def draw_boxes(image: Image.Image, boxes: list[Box], width: int = 3) -> Image.Image:
     """A copy of the image with each box outlined and labelled."""
-    canvas = image.convert("RGB").copy()
+    canvas = image.convert("RGB")  # a new image, even when the picture is RGB already
     draw = ImageDraw.Draw(canvas)
     colours = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
     for i, box in enumerate(boxes):
