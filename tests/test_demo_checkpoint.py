@@ -70,8 +70,17 @@ def test_transformers_reads_the_demo_checkpoint_and_answers_the_same_tokens(demo
     for question in image_questions:
         our_inputs = demo.engine.prepare(question)
         text = processor.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
-        images = [Image.open(part["image"]) for part in question[0]["content"] if part.get("type") == "image"]
-        theirs = processor(text=[text], images=images, return_tensors="pt")
+        theirs = processor(text=[text], images=pictures_of(question), return_tensors="pt")
         assert torch.equal(theirs["input_ids"], our_inputs["input_ids"])
         our_tokens = demo.generate([question], GREEDY)[0].token_ids
         assert reference_greedy_tokens(reference, theirs, GREEDY.max_tokens) == our_tokens
+
+
+def pictures_of(question: list[dict]) -> list[Image.Image]:
+    """The pictures a question shows, read into memory with their files closed."""
+    pictures = []
+    for part in question[0]["content"]:
+        if part.get("type") == "image":
+            with Image.open(part["image"]) as picture:
+                pictures.append(picture.copy())
+    return pictures
