@@ -7,15 +7,17 @@
    box, then boxes among several shapes (a model that first learned anything else learned boxes
    far worse). The video direction follows, then naming, colours and shapes, each with boxes (and
    the direction) kept in the mix so they are not forgotten; a final mixture of every task trains the
-   rest. Then the colour question alone at a gentler rate (the shape a colour question names is
-   ignored until well over a thousand colour-only steps on a model that already knows kinds, and
-   shared steps do not add up to that), and a mixture at that rate to bring back what those
-   steps made the model forget, with counting drawn in 10 of its 22 draws (counting learns
-   slowest, and weighted inside a mixture it gains without the others losing). From the direction
-   on, the loss is averaged over examples, not answer tokens: under the token average a two-token
-   answer (a direction, a colour, a count) weighs a sixteenth of a box answer and is drowned (the
-   box stages keep the token average: their answers are all about the same length). Batches are
-   plain shuffled (length-grouped batches hold one kind of task each, which learned more slowly).
+   rest. Then the colour question at a gentler rate, with a lone shape's box as every third
+   question (the shape a colour question names is ignored until well over a thousand colour
+   steps on a model that already knows kinds, and a mixture's shared steps do not add up to that;
+   colour-only steps wiped the lone boxes the box stages had taught, which the third kept), and a
+   mixture at that rate to bring back what those steps made the model forget, with counting drawn
+   in 10 of its 24 draws and lone boxes in 2 (counting learns slowest, and weighted inside a
+   mixture it gains without the others losing). From the direction on, the loss is averaged over
+   examples, not answer tokens: under the token average a two-token answer (a direction, a
+   colour, a count) weighs a sixteenth of a box answer and is drowned (the box stages keep the
+   token average: their answers are all about the same length). Batches are plain shuffled
+   (length-grouped batches hold one kind of task each, which learned more slowly).
 4. Score on the held-out set after every stage (scores.json in each stage's directory, so the
    log shows what each stage taught and what it made the model forget).
 5. With --publish DIR: copy the Hub file set, the scores and the training logs there (this is how
@@ -62,8 +64,8 @@ STAGES = (
     Stage("shapes", ("name", "describe", "colour", "shape", "grounding", "grounding", "grounding", "direction",
                      "direction"), 1500, seed=4),
     Stage("all", MIXTURE, 4500, seed=1),
-    Stage("colour", ("colour",), 2500, seed=8, lr=3e-4),
-    Stage("all-again", MIXTURE + ("count",) * 8, 2000, seed=9, lr=3e-4),
+    Stage("colour", ("colour", "colour", "lone-grounding"), 2500, seed=8, lr=3e-4),
+    Stage("all-again", MIXTURE + ("count",) * 8 + ("lone-grounding",) * 2, 2000, seed=9, lr=3e-4),
 )
 
 
