@@ -111,8 +111,8 @@ def test_datasets_written_to_one_directory_with_one_seed_keep_their_own_pictures
     lone = write_dataset(tmp_path, 4, seed=2, tasks=("lone-grounding",), name="lone.jsonl")
     write_dataset(tmp_path, 4, seed=2, tasks=("ocr",), name="ocr.jsonl")
     for row, question in read_questions(lone):
-        image = Image.open(question[0]["content"][0]["image"])
-        assert colour_mask(image, row["answer"].split("the ")[1].split()[0]).any()  # the named shape is there
+        with Image.open(question[0]["content"][0]["image"]) as image:
+            assert colour_mask(image, row["answer"].split("the ")[1].split()[0]).any()  # the named shape is there
 
 
 @pytest.mark.parametrize("seed", range(5))
