@@ -97,15 +97,16 @@ def test_image_matches_reference(ours, reference_processor, media, name, options
 @pytest.mark.parametrize("options", list(IMAGE_OPTIONS))
 def test_exif_rotated_jpeg_matches_reference_given_the_upright_image(ours, reference_processor, media, options):
     # qwen-vl-utils ignores EXIF orientation; we apply it, so the reference is handed the upright image.
-    upright = ImageOps.exif_transpose(Image.open(media["exif_jpeg"]))
+    with Image.open(media["exif_jpeg"]) as stored:
+        upright = ImageOps.exif_transpose(stored)
     ours_out = ours(user(image_part(media["exif_jpeg"], **IMAGE_OPTIONS[options])))
     expected = reference(reference_processor, [user({"type": "image", "image": upright, **IMAGE_OPTIONS[options]})])
     assert_same_tensors(ours_out, expected)
 
 
 def test_exif_orientation_is_applied(ours, media):
-    stored = Image.open(media["exif_jpeg"])
-    assert stored.width > stored.height  # stored landscape, tagged "rotate 90"
+    with Image.open(media["exif_jpeg"]) as stored:
+        assert stored.width > stored.height  # stored landscape, tagged "rotate 90"
     grid = ours(user(image_part(media["exif_jpeg"])))["image_grid_thw"][0].tolist()
     assert grid[1] > grid[2]  # seen as portrait
 
