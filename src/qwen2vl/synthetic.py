@@ -15,7 +15,7 @@ The world is made easy to learn for a model of a few million parameters trained 
 shapes sit on the grid of 28-pixel cells that visual tokens cover (after the merger), never two in
 one cell (from the same start, 1,000 steps of colour and shape questions reached 72%/70% against
 58%/38% with shapes on the 14-pixel patch grid), text starts on the patch grid in one font size
-(one character per cell read numbers worse; sizes from 24 to 48 read them no better than 36),
+(one character per cell read numbers no better, likely worse; sizes 24-48 no better than 36),
 the ball moves a few pixels per frame (so each two-frame video patch shows the motion), and the
 background shifts colour across the picture (RoPE alone carries no absolute position, and at the
 demo's head size M-RoPE's row and column rotations are slow; the tint tells a small model where it
