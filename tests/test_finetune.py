@@ -149,6 +149,18 @@ def test_invalid_lines_are_reported_with_line_numbers(tiny_checkpoint, data, tmp
         read_records(data["train"], processor, max_length=10)
 
 
+def test_a_truncated_picture_is_reported_before_training(tiny_checkpoint, data, tmp_path):
+    picture = data["train"].parent / "img" / "train.jsonl-0.png"
+    truncated = picture.with_name("truncated.png")
+    whole = picture.read_bytes()
+    truncated.write_bytes(whole[:len(whole) // 2])
+    good = data["train"].read_text().splitlines()[0]
+    path = data["train"].parent / "truncated.jsonl"
+    path.write_text(good.replace("img/train.jsonl-0.png", "img/truncated.png") + "\n")
+    with pytest.raises(DatasetError, match="line 1: image 1: unreadable or truncated image"):
+        read_records(path, Processor.from_pretrained(tiny_checkpoint), max_length=4096)
+
+
 def test_resuming_from_a_checkpoint_gives_the_uninterrupted_losses(tiny_checkpoint, data, tmp_path):
     dropout = LoraSettings(r=8, alpha=16, dropout=0.1)  # randomness in every step: the RNG state must resume too
     full = finetune(tiny_checkpoint, data["train"], settings(tmp_path / "a", lora=dropout, max_steps=6, save_every=3))

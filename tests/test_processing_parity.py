@@ -95,6 +95,19 @@ def test_image_matches_reference(ours, reference_processor, media, name, options
 
 
 @pytest.mark.parametrize("options", list(IMAGE_OPTIONS))
+@pytest.mark.parametrize("name", list(IMAGES))
+def test_ids_counted_without_pixels_are_the_encoded_ids(ours, media, name, options):
+    conversation = user(image_part(media[name], **IMAGE_OPTIONS[options]), {"type": "text", "text": "Describe."})
+    assert ours.conversation_ids(conversation) == ours.encode_conversation(conversation)[0]
+
+
+def test_ids_counted_without_pixels_match_for_images_and_videos_together(ours, media):
+    conversation = user(image_part(media["333x517"]), video_part(media["video_3s"], fps=1.0),
+                        image_part(media["exif_jpeg"], max_pixels=60_000), {"type": "text", "text": "Compare."})
+    assert ours.conversation_ids(conversation) == ours.encode_conversation(conversation)[0]
+
+
+@pytest.mark.parametrize("options", list(IMAGE_OPTIONS))
 def test_exif_rotated_jpeg_matches_reference_given_the_upright_image(ours, reference_processor, media, options):
     # qwen-vl-utils ignores EXIF orientation; we apply it, so the reference is handed the upright image.
     with Image.open(media["exif_jpeg"]) as stored:

@@ -59,7 +59,8 @@ def read_records(path: Path, processor: Processor, max_length: int, skip_invalid
                 raise InvalidInputError("no assistant turn to learn from")
             length = -1
             if (number - 1) % world == rank:
-                ids, labels, _ = encode_example(processor, messages)
+                ids = processor.conversation_ids(messages, add_generation_prompt=False)
+                labels = assistant_labels(processor, ids)
                 length = len(ids)
                 if length > max_length:
                     raise InvalidInputError(f"{length} tokens is above --max-length {max_length}")

@@ -1,10 +1,10 @@
 """Images at native resolution: smart_resize, RGB conversion, resizing, normalisation, patchify.
 
 Owns: a decoded PIL image -> the reference's uint8 pixels at the chosen size -> flattened patch
-rows [grid_t*grid_h*grid_w, C*T*P*P] and grid (t, h, w). Two resize stages mirror the reference
-pipeline exactly: qwen-vl-utils' per-item resize (PIL bicubic), then the processor's own
-smart_resize with its min/max pixels (a no-op unless per-item bounds fall outside the
-processor's; then an antialiased bicubic resize of the uint8 tensor, as torchvision does).
+rows [grid_t*grid_h*grid_w, C*T*P*P] and grid (t, h, w), or that grid alone. Two resize stages
+mirror the reference pipeline exactly: qwen-vl-utils' per-item resize (PIL bicubic), then the
+processor's own smart_resize with its min/max pixels (a no-op unless per-item bounds fall outside
+the processor's; then an antialiased bicubic resize of the uint8 tensor, as torchvision does).
 Does not own: reading bytes or files (media.py) or video frame sampling (video.py).
 """
 
@@ -163,17 +163,26 @@ def prepare_image_size(
     """qwen-vl-utils' per-item stage: RGB, then a PIL bicubic resize to the smart_resize size
     (bounds default to 4 and 16384 tokens; `resized_*` ask for a size directly)."""
     image = to_rgb(image)
-    if resized_height is not None and resized_width is not None:
-        height, width = smart_resize(resized_height, resized_width, factor, 4 * factor**2, 16384 * factor**2)
-    else:
-        height, width = smart_resize(
-            image.height, image.width, factor,
-            4 * factor**2 if min_pixels is None else min_pixels,
-            16384 * factor**2 if max_pixels is None else max_pixels,
-        )
+    height, width = item_size(image.height, image.width, factor, min_pixels, max_pixels, resized_height, resized_width)
     if (image.width, image.height) != (width, height):
         image = image.resize((width, height), Image.Resampling.BICUBIC)
     return image
+
+
+def item_size(
+    height: int,
+    width: int,
+    factor: int,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    resized_height: int | None = None,
+    resized_width: int | None = None,
+) -> tuple[int, int]:
+    """(height, width) after qwen-vl-utils' per-item stage (see prepare_image_size)."""
+    if resized_height is not None and resized_width is not None:
+        return smart_resize(resized_height, resized_width, factor, 4 * factor**2, 16384 * factor**2)
+    return smart_resize(height, width, factor, 4 * factor**2 if min_pixels is None else min_pixels,
+                        16384 * factor**2 if max_pixels is None else max_pixels)
 
 
 def prepare_image(
@@ -190,3 +199,11 @@ def prepare_image(
     pixels = resize_bicubic(pixels, *smart_resize(image.height, image.width, settings.factor,
                                                   settings.min_pixels, settings.max_pixels))
     return to_model_inputs(pixels, settings)
+
+
+def image_grid(image: Image.Image, settings: VisionSettings, **options: int | None) -> tuple[int, int, int]:
+    """The grid (t, h, w) prepare_image gives the same image and per-item options (min_pixels,
+    max_pixels, resized_height, resized_width), without making its pixels."""
+    height, width = item_size(image.height, image.width, settings.factor, **options)
+    height, width = smart_resize(height, width, settings.factor, settings.min_pixels, settings.max_pixels)
+    return 1, height // settings.patch_size, width // settings.patch_size

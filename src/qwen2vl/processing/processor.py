@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from ..config import ModelConfig
 from ..errors import ConfigError, InvalidInputError, LimitExceededError
 from .chat import ChatTemplate, MediaItem, normalize_conversation
-from .image import VisionSettings, prepare_image
+from .image import VisionSettings, image_grid, prepare_image
 from .limits import MediaLimits
 from .media import load_image
 from .video import VideoOptions, prepare_video
@@ -106,21 +106,34 @@ class Processor:
         prefix: str = "",
     ) -> tuple[list[int], list, list]:
         """Token ids with placeholders expanded, and the prepared (patches, grid) of its images and videos."""
+        return self._encode(conversation, add_generation_prompt, add_vision_id, media_defaults, prefix, pixels=True)
+
+    def conversation_ids(self, conversation: Conversation, add_generation_prompt: bool = True) -> list[int]:
+        """encode_conversation's token ids, its media checked the same way (every image decoded, every
+        video prepared), without making image pixels: what a training file's up-front check needs."""
+        return self._encode(conversation, add_generation_prompt, False, None, "", pixels=False)[0]
+
+    def _encode(self, conversation: Conversation, add_generation_prompt: bool, add_vision_id: bool,
+                media_defaults: Mapping[str, Any] | None, prefix: str, pixels: bool) -> tuple[list[int], list, list]:
         messages, items = normalize_conversation(conversation, media_defaults, prefix)
         self._check_counts(items, prefix)
         text = self.chat_template.render(messages, add_generation_prompt, add_vision_id)
         prepared = {"image": [], "video": []}
         for item in items:
-            prepared[item.kind].append(self.prepare_item(item))
+            prepared[item.kind].append(self.prepare_item(item, pixels))
         ids = self.expand_placeholders(self.tokenizer.encode(text).ids, prepared, prefix)
         return ids, prepared["image"], prepared["video"]
 
-    def prepare_item(self, item: MediaItem) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """(patch rows, grid) of one image or video; every error names the item."""
+    def prepare_item(self, item: MediaItem, pixels: bool = True) -> tuple[torch.Tensor | None, tuple[int, int, int]]:
+        """(patch rows, grid) of one image or video; every error names the item. With pixels=False an
+        image's patch rows are None (its grid comes from its size)."""
         try:
             if item.kind == "image":
                 image = load_image(item.source, item.label, self.limits)
-                return prepare_image(image, self.settings, **_checked_image_options(item.options, item.label))
+                options = _checked_image_options(item.options, item.label)
+                if not pixels:
+                    return None, image_grid(image, self.settings, **options)
+                return prepare_image(image, self.settings, **options)
             return prepare_video(item.source, VideoOptions.from_item(item.options, item.label), self.settings,
                                  item.label, self.limits)
         except InvalidInputError as exc:
