@@ -40,6 +40,10 @@ class VisionSettings:
     def factor(self) -> int:
         return self.patch_size * self.merge_size
 
+    def processor_size(self, height: int, width: int) -> tuple[int, int]:
+        """The processor's own resize stage: smart_resize within these min/max pixels."""
+        return smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
+
     @classmethod
     def from_dict(cls, raw: dict) -> "VisionSettings":
         size = raw.get("size") or {}
@@ -196,8 +200,7 @@ def prepare_image(
     """A decoded image -> (patch rows, grid): the per-item stage, then the processor's own bounds."""
     image = prepare_image_size(image, settings.factor, min_pixels, max_pixels, resized_height, resized_width)
     pixels = image_to_uint8_tensor(image)[None]  # [1, 3, H, W]
-    pixels = resize_bicubic(pixels, *smart_resize(image.height, image.width, settings.factor,
-                                                  settings.min_pixels, settings.max_pixels))
+    pixels = resize_bicubic(pixels, *settings.processor_size(image.height, image.width))
     return to_model_inputs(pixels, settings)
 
 
@@ -205,5 +208,5 @@ def image_grid(image: Image.Image, settings: VisionSettings, **options: int | No
     """The grid (t, h, w) prepare_image gives the same image and per-item options (min_pixels,
     max_pixels, resized_height, resized_width), without making its pixels."""
     height, width = item_size(image.height, image.width, settings.factor, **options)
-    height, width = smart_resize(height, width, settings.factor, settings.min_pixels, settings.max_pixels)
+    height, width = settings.processor_size(height, width)
     return 1, height // settings.patch_size, width // settings.patch_size

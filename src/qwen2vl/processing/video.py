@@ -123,7 +123,7 @@ def prepare_video(
         frames = _frames_from_list(source, options, settings, label, limits)
     else:
         frames, _ = decode_sampled_frames(fetch_bytes(source, label, limits, "video"), options, settings, label, limits)
-    stage2 = smart_resize(frames.shape[-2], frames.shape[-1], settings.factor, settings.min_pixels, settings.max_pixels)
+    stage2 = settings.processor_size(frames.shape[-2], frames.shape[-1])
     if stage2 != tuple(frames.shape[-2:]):  # the processor resizes qwen-vl-utils' float frames
         frames = resize_bicubic(frames.float(), *stage2)
     return to_model_inputs(frames, settings)
