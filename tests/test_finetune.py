@@ -149,6 +149,22 @@ def test_invalid_lines_are_reported_with_line_numbers(tiny_checkpoint, data, tmp
         read_records(data["train"], processor, max_length=10)
 
 
+def test_checking_in_several_processes_gives_the_one_process_result(tiny_checkpoint, data, monkeypatch):
+    good = data["train"].read_text().splitlines()
+    lines = good[:3] + ["{not json"] + good[3:6] + ["", good[6].replace("img/train.jsonl-6.png", "img/gone.png")]
+    path = data["train"].parent / "chunks.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    processor = Processor.from_pretrained(tiny_checkpoint)
+    monkeypatch.setattr("qwen2vl.finetune.data.CHUNK_LINES", 2)  # four chunks for two workers
+    alone = read_records(path, processor, max_length=4096, skip_invalid=True)
+    shared = read_records(path, processor, max_length=4096, skip_invalid=True, workers=2)
+    assert shared == alone
+    assert [r.line for r in shared[0]] == [1, 2, 3, 5, 6, 7]
+    assert [p.split(":")[0] for p in shared[1]] == ["chunks.jsonl line 4", "chunks.jsonl line 9"]
+    with pytest.raises(DatasetError, match="2 invalid line"):
+        read_records(path, processor, max_length=4096, workers=2)
+
+
 def test_a_truncated_picture_is_reported_before_training(tiny_checkpoint, data, tmp_path):
     picture = data["train"].parent / "img" / "train.jsonl-0.png"
     truncated = picture.with_name("truncated.png")

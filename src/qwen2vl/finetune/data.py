@@ -2,9 +2,10 @@
 
 Owns: reading one conversation per line (Qwen or OpenAI message form, a list or {"messages": [...]})
 with media paths relative to the file; validating every line up front with its line number
-(JSON, missing assistant turn, unreadable media, too long for max_length); labels on assistant
-answers only (their tokens and their <|im_end|>; system, user, template and vision tokens are
--100); a deterministic length-grouped batch order; collation with right padding.
+(JSON, missing assistant turn, unreadable media, too long for max_length), in one process or
+several; labels on assistant answers only (their tokens and their <|im_end|>; system, user,
+template and vision tokens are -100); a deterministic length-grouped batch order; collation with
+right padding.
 Does not own: the optimisation loop (trainer.py).
 """
 
@@ -13,7 +14,10 @@ from __future__ import annotations
 import json
 import random
 import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from ..errors import InvalidInputError
 from ..processing import Processor
 
 IGNORE = -100
+CHUNK_LINES = 2000  # lines per worker task when read_records checks a file in several processes
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
@@ -38,23 +43,45 @@ class DatasetError(InvalidInputError):
 
 
 def read_records(path: Path, processor: Processor, max_length: int, skip_invalid: bool = False,
-                 shard: tuple[int, int] = (0, 1)) -> tuple[list[Record], list[str]]:
+                 shard: tuple[int, int] = (0, 1), workers: int = 1) -> tuple[list[Record], list[str]]:
     """Valid records of `path` and the problems found. With skip_invalid=False any problem raises.
 
     shard=(rank, world): media are prepared (validated) only for lines i with i % world == rank;
     the other lines are checked as text. Callers gather the shards' results.
+    workers > 1: the lines are checked in chunks of CHUNK_LINES by that many processes (a file of
+    one chunk is checked here); records and problems come back in file order either way.
     """
-    rank, world = shard
-    records, problems = [], []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    chunks = [numbered[i:i + CHUNK_LINES] for i in range(0, len(numbered), CHUNK_LINES)]
+    job = partial(_check_lines, processor=processor, base=path.parent, name=path.name, max_length=max_length,
+                  shard=shard)
+    if workers > 1 and len(chunks) > 1:
+        # forked like DataLoader workers (no re-import of the caller's script), one torch thread each
+        context = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context,
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            results = list(pool.map(job, chunks))
+    else:
+        results = [job(chunk) for chunk in chunks]
+    records = [record for chunk_records, _ in results for record in chunk_records]
+    problems = [problem for _, chunk_problems in results for problem in chunk_problems]
+    if problems and not skip_invalid:
+        raise invalid_lines(problems)
+    return records, problems
+
+
+def _check_lines(numbered: list[tuple[int, str]], processor: Processor, base: Path, name: str, max_length: int,
+                 shard: tuple[int, int]) -> tuple[list[Record], list[str]]:
+    """read_records' check of some (line number, text) pairs: their records and their problems."""
+    rank, world = shard
+    records, problems = [], []
+    for number, line in numbered:
         try:
-            messages = line_messages(json.loads(line), path.parent)
+            messages = line_messages(json.loads(line), base)
             if not any(m.get("role") == "assistant" for m in messages):
                 raise InvalidInputError("no assistant turn to learn from")
             length = -1
@@ -68,9 +95,7 @@ def read_records(path: Path, processor: Processor, max_length: int, skip_invalid
                     raise InvalidInputError("the assistant answers are empty")
             records.append(Record(number, messages, length))
         except (ValueError, InvalidInputError) as error:
-            problems.append(f"{path.name} line {number}: {error}")
-    if problems and not skip_invalid:
-        raise invalid_lines(problems)
+            problems.append(f"{name} line {number}: {error}")
     return records, problems
 
 

@@ -7,7 +7,7 @@ batch's label tokens, or with loss_per="example" the mean over its examples of e
 mean, so short answers weigh as much as long ones; either way N processes compute what one process
 computes), evaluation, progress and JSONL metrics, checkpoints with optimizer/scheduler/RNG state,
 and resuming; float denormals are flushed to zero on the CPU while training (they made steps 1.7x
-slower as the model grew confident).
+slower as the model grew confident). The up-front check of the data runs in a process per core.
 Does not own: data (data.py), adapters on disk (lora.py, checkpoint.py), process groups (distributed.py).
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -99,7 +100,7 @@ class Trainer:
     def _records(self, path: Path) -> tuple[list, list[int]]:
         """Records valid on every rank, and their lengths (each rank prepared the media of its shard)."""
         records, problems = read_records(path, self.processor, self.settings.max_length, skip_invalid=True,
-                                         shard=(self.dist.rank, self.dist.world))
+                                         shard=(self.dist.rank, self.dist.world), workers=self._check_workers())
         shards = self.dist.gather(([(r.line, r.length) for r in records], problems))
         bad = sorted({p for _, probs in shards for p in probs})
         if bad and not self.settings.skip_invalid:
@@ -113,6 +114,12 @@ class Trainer:
             for problem in bad:
                 print(f"skipped: {problem}", file=sys.stderr)
         return kept, [lengths[r.line] for r in kept]
+
+    def _check_workers(self) -> int:
+        """Processes for the up-front check of the data: this process's share of the cores, at most 8
+        (each worker loads torch)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(8, cores // self.dist.world))
 
     def run(self, resume: bool = False) -> list[dict]:
         # As a model grows confident, tiny probabilities and gradients become float denormals, which

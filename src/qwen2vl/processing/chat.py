@@ -113,6 +113,7 @@ class ChatTemplate:
     """A checkpoint's jinja chat template, rendered in an immutable sandbox."""
 
     def __init__(self, source: str):
+        self.source = source
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = _raise_template_error
         env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
@@ -120,6 +121,9 @@ class ChatTemplate:
             self._template = env.from_string(source)
         except jinja2.TemplateError as exc:
             raise InvalidInputError(f"chat template does not compile: {exc}") from None
+
+    def __reduce__(self):  # pickled as its source (a compiled template is not picklable): processes share it
+        return ChatTemplate, (self.source,)
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, add_vision_id: bool = False) -> str:
         try:
