@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -163,6 +164,16 @@ def test_checking_in_several_processes_gives_the_one_process_result(tiny_checkpo
     assert [p.split(":")[0] for p in shared[1]] == ["chunks.jsonl line 4", "chunks.jsonl line 9"]
     with pytest.raises(DatasetError, match="2 invalid line"):
         read_records(path, processor, max_length=4096, workers=2)
+
+
+def test_a_daemon_process_checks_the_data_itself(tiny_checkpoint, data, monkeypatch):
+    processor = Processor.from_pretrained(tiny_checkpoint)
+    monkeypatch.setattr("qwen2vl.finetune.data.CHUNK_LINES", 2)
+    expected = read_records(data["train"], processor, max_length=4096)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:  # a Pool's workers are daemons, which may not start processes
+        checked = pool.apply(read_records, (data["train"], processor, 4096), {"workers": 2})
+    assert checked == expected
 
 
 def test_a_truncated_picture_is_reported_before_training(tiny_checkpoint, data, tmp_path):

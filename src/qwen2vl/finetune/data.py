@@ -17,7 +17,7 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from multiprocessing import get_all_start_methods, get_context
+from multiprocessing import current_process, get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,8 @@ def read_records(path: Path, processor: Processor, max_length: int, skip_invalid
     shard=(rank, world): media are prepared (validated) only for lines i with i % world == rank;
     the other lines are checked as text. Callers gather the shards' results.
     workers > 1: the lines are checked in chunks of CHUNK_LINES by that many processes (a file of
-    one chunk is checked here); records and problems come back in file order either way.
+    one chunk, or a call from a daemon process, which may not start any, is checked here); records
+    and problems come back in file order either way.
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -59,7 +60,7 @@ def read_records(path: Path, processor: Processor, max_length: int, skip_invalid
     chunks = [numbered[i:i + CHUNK_LINES] for i in range(0, len(numbered), CHUNK_LINES)]
     job = partial(_check_lines, processor=processor, base=path.parent, name=path.name, max_length=max_length,
                   shard=shard)
-    if workers > 1 and len(chunks) > 1:
+    if workers > 1 and len(chunks) > 1 and not current_process().daemon:
         # forked like DataLoader workers (no re-import of the caller's script), one torch thread each
         context = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
         with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context,

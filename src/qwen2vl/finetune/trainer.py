@@ -117,7 +117,7 @@ class Trainer:
 
     def _check_workers(self) -> int:
         """Processes for the up-front check of the data: this process's share of the cores, at most 8
-        (each worker loads torch)."""
+        (each worker is another copy of this process)."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, min(8, cores // self.dist.world))
 
