@@ -156,7 +156,7 @@ def test_checking_in_several_processes_gives_the_one_process_result(tiny_checkpo
     path = data["train"].parent / "chunks.jsonl"
     path.write_text("\n".join(lines) + "\n")
     processor = Processor.from_pretrained(tiny_checkpoint)
-    monkeypatch.setattr("qwen2vl.finetune.data.CHUNK_LINES", 2)  # four chunks for two workers
+    monkeypatch.setattr("qwen2vl.finetune.data.MIN_LINES_PER_PROCESS", 2)  # two workers, four lines each
     alone = read_records(path, processor, max_length=4096, skip_invalid=True)
     shared = read_records(path, processor, max_length=4096, skip_invalid=True, workers=2)
     assert shared == alone
@@ -168,7 +168,7 @@ def test_checking_in_several_processes_gives_the_one_process_result(tiny_checkpo
 
 def test_a_daemon_process_checks_the_data_itself(tiny_checkpoint, data, monkeypatch):
     processor = Processor.from_pretrained(tiny_checkpoint)
-    monkeypatch.setattr("qwen2vl.finetune.data.CHUNK_LINES", 2)
+    monkeypatch.setattr("qwen2vl.finetune.data.MIN_LINES_PER_PROCESS", 2)
     expected = read_records(data["train"], processor, max_length=4096)
     context = multiprocessing.get_context("fork")
     with context.Pool(1) as pool:  # a Pool's workers are daemons, which may not start processes

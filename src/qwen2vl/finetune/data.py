@@ -12,6 +12,7 @@ Does not own: the optimisation loop (trainer.py).
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +28,7 @@ from ..errors import InvalidInputError
 from ..processing import Processor
 
 IGNORE = -100
-CHUNK_LINES = 2000  # lines per worker task when read_records checks a file in several processes
+MIN_LINES_PER_PROCESS = 2000  # read_records starts a process for no fewer lines than this
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
@@ -48,28 +49,32 @@ def read_records(path: Path, processor: Processor, max_length: int, skip_invalid
 
     shard=(rank, world): media are prepared (validated) only for lines i with i % world == rank;
     the other lines are checked as text. Callers gather the shards' results.
-    workers > 1: the lines are checked in chunks of CHUNK_LINES by that many processes (a file of
-    one chunk, or a call from a daemon process, which may not start any, is checked here); records
-    and problems come back in file order either way.
+    workers > 1: the lines are split among up to that many processes, MIN_LINES_PER_PROCESS at least
+    each (a shorter file, or a call from a daemon process, which may not start any, is checked
+    here); records and problems come back in file order either way.
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from None
     numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
-    chunks = [numbered[i:i + CHUNK_LINES] for i in range(0, len(numbered), CHUNK_LINES)]
     job = partial(_check_lines, processor=processor, base=path.parent, name=path.name, max_length=max_length,
                   shard=shard)
-    if workers > 1 and len(chunks) > 1 and not current_process().daemon:
-        # forked like DataLoader workers (no re-import of the caller's script), one torch thread each
+    processes = 1 if current_process().daemon else min(workers, math.ceil(len(numbered) / MIN_LINES_PER_PROCESS))
+    if processes > 1:
+        # one contiguous part a worker, so the processor (5 MB pickled with Qwen's tokenizer) travels
+        # once to each; forked like DataLoader workers (no re-import of the caller's script), one
+        # torch thread each
+        size = math.ceil(len(numbered) / processes)
+        parts = [numbered[i:i + size] for i in range(0, len(numbered), size)]
         context = get_context("fork" if "fork" in get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context,
-                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            results = list(pool.map(job, chunks))
+        with ProcessPoolExecutor(len(parts), mp_context=context, initializer=torch.set_num_threads,
+                                 initargs=(1,)) as pool:
+            results = list(pool.map(job, parts))
     else:
-        results = [job(chunk) for chunk in chunks]
-    records = [record for chunk_records, _ in results for record in chunk_records]
-    problems = [problem for _, chunk_problems in results for problem in chunk_problems]
+        results = [job(numbered)]
+    records = [record for part_records, _ in results for record in part_records]
+    problems = [problem for _, part_problems in results for problem in part_problems]
     if problems and not skip_invalid:
         raise invalid_lines(problems)
     return records, problems
