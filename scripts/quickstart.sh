@@ -6,11 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${QWEN2VL_VENV:-.venv}"
+source scripts/pip_quiet.sh
 if ! "$venv/bin/python" -c "import qwen2vl" >/dev/null 2>&1; then
     echo "setting up $venv (CPU torch 2.13.0 + qwen2vl) ..."
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e . 2>&1 | grep -v "^WARNING: Location" || true
+    pip_quiet "$venv" torch==2.13.0
+    pip_quiet "$venv" -e .
     "$venv/bin/python" -c "import qwen2vl"
 fi
 exec "$venv/bin/python" examples/quickstart.py "$@"

@@ -8,11 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${QWEN2VL_TEST_VENV:-.venv-test}"
+source scripts/pip_quiet.sh
 if ! "$venv/bin/python" -c "import qwen2vl, transformers, qwen_vl_utils, torchvision" >/dev/null 2>&1; then
     echo "setting up $venv (torch 2.14.1 + torchvision 0.29.1 + the reference packages) ..."
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" || true
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+    pip_quiet "$venv" torch==2.14.1 torchvision==0.29.1
+    pip_quiet "$venv" -e ".[test]"
     "$venv/bin/python" -c "import qwen2vl, transformers, qwen_vl_utils, torchvision"
 fi
 exec "$venv/bin/python" -m pytest "$@"
