@@ -63,6 +63,7 @@ class Stage:
 
 MIXTURE = ("name", "colour", "colour", "shape", "count", "count", "describe", "ocr", "ocr", "grounding", "grounding",
            "grounding", "compare", "direction")
+LAST_MIXTURE = MIXTURE + ("count",) * 8 + ("lone-grounding",) * 2  # counting in 10 of 24 draws, lone boxes in 2
 STAGES = (
     Stage("lone-boxes", ("lone-grounding",), 1500, seed=5, loss_per="token"),
     Stage("boxes", ("grounding", "grounding", "lone-grounding"), 1500, seed=7, loss_per="token"),
@@ -71,11 +72,10 @@ STAGES = (
                      "direction"), 1500, seed=4),
     Stage("all", MIXTURE, 4500, seed=1, train_vision=False),
     Stage("colour", ("colour", "colour", "lone-grounding"), 2500, seed=8, lr=3e-4, train_vision=False),
-    Stage("all-again", MIXTURE + ("count",) * 8 + ("lone-grounding",) * 2, 2000, seed=9, lr=3e-4,
-          train_vision=False),
+    Stage("all-again", LAST_MIXTURE, 2000, seed=9, lr=3e-4, train_vision=False),
     Stage("reading", ("ocr",), 1500, seed=12, lr=3e-4),
-    Stage("all-reading", MIXTURE + ("count",) * 8 + ("lone-grounding",) * 2 + ("ocr",) * 10, 1500, seed=13, lr=3e-4),
-    Stage("polish", MIXTURE + ("count",) * 8 + ("lone-grounding",) * 2, 1000, seed=14, lr=1e-4, train_vision=False),
+    Stage("all-reading", LAST_MIXTURE + ("ocr",) * 10, 1500, seed=13, lr=3e-4),
+    Stage("polish", LAST_MIXTURE, 1000, seed=14, lr=1e-4, train_vision=False),
 )
 
 
@@ -101,8 +101,7 @@ def main() -> None:
         output = args.output / stage.name
         if not (args.resume and (output / "model.safetensors").is_file()):
             finetune(start, train, TrainSettings(output=output, mode="full", train_vision=stage.train_vision,
-                                                 train_merger=True,
-                                                 batch_size=args.batch_size, max_steps=stage.steps,
+                                                 train_merger=True, batch_size=args.batch_size, max_steps=stage.steps,
                                                  lr=stage.lr or args.lr,
                                                  warmup_ratio=0.02, weight_decay=0.01, save_every=2000,
                                                  max_length=1024, group_by_length=False, loss_per=stage.loss_per),
