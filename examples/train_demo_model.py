@@ -44,6 +44,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from qwen2vl import Qwen2VL
 from qwen2vl.demo_model import corpus_from, score, write_base_checkpoint
 from qwen2vl.finetune import TrainSettings, finetune
@@ -92,7 +94,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--publish", type=Path, help="copy the finished model, scores and logs here")
     parser.add_argument("--resume", action="store_true", help="skip finished stages, continue the unfinished one")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); the sums round by it")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     data = args.output / "data"
     with ProcessPoolExecutor(2) as pool:  # rendering pictures is a few minutes of the budget: both cores

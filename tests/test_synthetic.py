@@ -161,3 +161,11 @@ def test_written_text_starts_at_a_patch_edge(seed):
     sample = next(samples(1, seed=seed, tasks=("ocr",)))
     ys, xs = np.nonzero(np.asarray(next(iter(sample.images.values()))).astype(int).sum(-1) < 300)
     assert xs.min() % PATCH <= 3 and ys.min() % PATCH <= 3
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_written_text_fits_inside_its_picture(seed):
+    sample = next(samples(1, seed=seed, tasks=("ocr",)))
+    pixels = np.asarray(next(iter(sample.images.values()))).astype(int)
+    ys, xs = np.nonzero(pixels.sum(-1) < 300)
+    assert xs.max() < pixels.shape[1] - 1 and ys.max() < pixels.shape[0] - 1
