@@ -156,16 +156,20 @@ def test_no_visual_token_cell_shows_two_shapes():
                 assert sum(bool(m[top:top + CELL, left:left + CELL].any()) for m in masks) <= 1
 
 
+def text_ink(seed):
+    """The dark pixels of one reading picture of this seed (the rendered text), as a height x width mask."""
+    sample = next(samples(1, seed=seed, tasks=("ocr",)))
+    return np.asarray(next(iter(sample.images.values()))).astype(int).sum(-1) < 300
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_written_text_starts_at_a_patch_edge(seed):
-    sample = next(samples(1, seed=seed, tasks=("ocr",)))
-    ys, xs = np.nonzero(np.asarray(next(iter(sample.images.values()))).astype(int).sum(-1) < 300)
+    ys, xs = np.nonzero(text_ink(seed))
     assert xs.min() % PATCH <= 3 and ys.min() % PATCH <= 3
 
 
 @pytest.mark.parametrize("seed", range(10))
 def test_written_text_fits_inside_its_picture(seed):
-    sample = next(samples(1, seed=seed, tasks=("ocr",)))
-    pixels = np.asarray(next(iter(sample.images.values()))).astype(int)
-    ys, xs = np.nonzero(pixels.sum(-1) < 300)
-    assert xs.max() < pixels.shape[1] - 1 and ys.max() < pixels.shape[0] - 1
+    ink = text_ink(seed)
+    ys, xs = np.nonzero(ink)
+    assert xs.max() < ink.shape[1] - 1 and ys.max() < ink.shape[0] - 1
