@@ -39,3 +39,7 @@ class SourceNotAllowedError(InvalidInputError):
 
 class BenchmarkError(Qwen2VLError):
     """A benchmark measurement, run in a process of its own, failed or was killed."""
+
+
+class TrainingProcessError(Qwen2VLError):
+    """One of several local training processes failed or died; the message names which and why."""

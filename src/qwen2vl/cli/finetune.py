@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   qwen2vl finetune Qwen/Qwen2-VL-2B-Instruct --data train.jsonl --eval-data eval.jsonl --output runs/invoices
   qwen2vl finetune ./base --data train.jsonl --output out --lora-r 8 --epochs 3 --grad-accum 4 --lr 1e-4
   qwen2vl finetune ./base --data train.jsonl --output out --full --train-merger --max-steps 500 --resume
+  qwen2vl finetune ./base --data train.jsonl --output out --full --processes 2   # one process per CPU core
   torchrun --nproc-per-node 2 -m qwen2vl.cli finetune ./base --data train.jsonl --output out
 
 each line of train.jsonl is one conversation, in Qwen or OpenAI message form; media paths are
@@ -31,6 +32,9 @@ def register(subparsers) -> None:
     parser.add_argument("--eval-data", type=Path, help="evaluation JSONL")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="data-parallel processes on this machine's CPU cores, each with --batch-size "
+                             "examples a step (faster than threads for small models); torchrun does the same")
     parser.add_argument("--full", action="store_true", help="train every decoder weight instead of LoRA adapters")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=float, default=32.0)
@@ -96,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         loss_per=args.loss_per,
         gradient_checkpointing=args.gradient_checkpointing, skip_invalid=args.skip_invalid,
     )
-    finetune(args.model, args.data, settings, eval_file=args.eval_data, resume=args.resume, device=args.device)
+    finetune(args.model, args.data, settings, eval_file=args.eval_data, resume=args.resume, device=args.device,
+              processes=args.processes)
     return 0
 
 

@@ -187,6 +187,21 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int,
     return batches
 
 
+def balanced_share(batch: list[int], lengths: list[int], rank: int, world: int) -> list[int]:
+    """Rank `rank`'s part of a global batch of example indices, dealt longest first to the rank with
+    the fewest tokens so far, so ranks finish their step together (a rank's step costs about its
+    tokens, and every rank waits for the slowest at the gradient sum). Deterministic: every rank
+    computes the same split. One process takes the batch as it is (its order is its sums' order)."""
+    if world == 1:
+        return list(batch)
+    loads, parts = [0] * world, [[] for _ in range(world)]
+    for i in sorted(batch, key=lambda i: (-lengths[i], i)):
+        lightest = min(range(world), key=lambda r: (loads[r], len(parts[r]), r))
+        parts[lightest].append(i)
+        loads[lightest] += lengths[i]
+    return parts[rank]
+
+
 def collate(processor: Processor, examples: list[tuple[list[int], list[int], dict]]) -> dict[str, torch.Tensor]:
     """Right-padded input_ids, attention_mask and labels, and the concatenated media tensors."""
     width = max(len(ids) for ids, _, _ in examples)

@@ -1,7 +1,8 @@
 """Data-parallel helpers over torch.distributed (gloo on CPU, nccl on CUDA), inert in one process.
 
-Owns: joining the process group torchrun describes in the environment, summing tensors and
-gathering Python objects across ranks, and barriers. Does not own: what is summed (trainer.py).
+Owns: joining the process group torchrun (or launch.py) describes in the environment, summing tensors
+(a model's gradients in one collective) and gathering Python objects across ranks, and barriers.
+Does not own: what is summed (trainer.py) or starting processes (launch.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,25 @@ class Distributed:
         if self.world > 1:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
+
+    def sum_grads_(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Sum the gradients of `parameters` across ranks in one collective over a flat buffer (one
+        call per tensor cost a round trip each, about 100 a step for the demo model, which made two
+        one-thread processes on the CPU slower than one). A rank without a gradient for a tensor (no
+        examples in its share) adds zeros; a gradient stays None only where no rank had one."""
+        if self.world == 1 or not parameters:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        present = torch.tensor([float(p.grad is not None) for p in parameters], device=parameters[0].device)
+        flat = torch.cat([g.reshape(-1) for g in grads] + [present])  # [sum of numels + number of tensors]
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for parameter, grad in zip(parameters, grads):
+            parameter.grad = flat[offset:offset + grad.numel()].view_as(grad).to(grad.dtype)
+            offset += grad.numel()
+        for parameter, anyone in zip(parameters, flat[offset:].tolist()):
+            if not anyone:
+                parameter.grad = None
 
     def gather(self, obj: Any) -> list[Any]:
         if self.world == 1:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ from ..errors import ConfigError
 from ..model import Qwen2VLModel
 from ..processing import Processor
 from .checkpoint import latest_checkpoint, load_state, save_final, save_state
-from .data import IGNORE, batch_order, collate, encode_example, invalid_lines, read_records
+from .data import IGNORE, balanced_share, batch_order, collate, encode_example, invalid_lines, read_records
 from .distributed import Distributed
+from .launch import cores
 from .lora import LoraSettings, apply_lora
 
 
@@ -119,8 +119,7 @@ class Trainer:
     def _check_workers(self) -> int:
         """Processes for the up-front check of the data: this process's share of the cores, at most 8
         (each worker is another copy of this process)."""
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, min(8, cores // self.dist.world))
+        return max(1, min(8, cores() // self.dist.world))
 
     def run(self, resume: bool = False) -> list[dict]:
         # As a model grows confident, tiny probabilities and gradients become float denormals, which
@@ -161,7 +160,8 @@ class Trainer:
             self._epoch_batches = (epoch, batch_order(lengths, self.global_batch, self.settings.seed, epoch,
                                                       self.settings.group_by_length))
         indices = self._epoch_batches[1][position]
-        mine = [encode_example(self.processor, records[i].messages) for i in indices[self.dist.rank::self.dist.world]]
+        mine = [encode_example(self.processor, records[i].messages)
+                for i in balanced_share(indices, lengths, self.dist.rank, self.dist.world)]
         per_example = self.settings.loss_per == "example"
         local = len(mine) if per_example else sum(_label_count(ex) for ex in mine)
         denominator = self.dist.sum_(torch.tensor(float(local)))  # the global batch's examples or label tokens
@@ -172,9 +172,7 @@ class Trainer:
             objective = ((sums / counts.clamp(min=1)) if per_example else sums).sum() / denominator
             objective.backward()
             total_loss += objective.detach().float().cpu()
-        for _, parameter in self.trainable:
-            if parameter.grad is not None:
-                self.dist.sum_(parameter.grad)
+        self.dist.sum_grads_([p for _, p in self.trainable])
         torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], self.settings.max_grad_norm)
         self.optimizer.step()
         lr = self.scheduler.get_last_lr()[0]
