@@ -90,12 +90,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "demo")
     parser.add_argument("--heldout", type=int, default=360, help="held-out samples (40 per task)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="examples a step, all processes together")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--publish", type=Path, help="copy the finished model, scores and logs here")
     parser.add_argument("--resume", action="store_true", help="skip finished stages, continue the unfinished one")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); the sums round by it")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="training processes, one a core (faster than threads for this small model; "
+                             "the sums round differently)")
     args = parser.parse_args()
+    if args.processes < 1 or args.batch_size % args.processes:
+        parser.error("--batch-size must be a multiple of --processes (each process takes an equal share)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -112,11 +117,12 @@ def main() -> None:
         output = args.output / stage.name
         if not (args.resume and (output / "model.safetensors").is_file()):
             finetune(start, train, TrainSettings(output=output, mode="full", train_vision=stage.train_vision,
-                                                 train_merger=True, batch_size=args.batch_size, max_steps=stage.steps,
+                                                 train_merger=True, batch_size=args.batch_size // args.processes,
+                                                 max_steps=stage.steps,
                                                  lr=stage.lr or args.lr,
                                                  warmup_ratio=0.02, weight_decay=0.01, save_every=2000,
                                                  max_length=1024, group_by_length=False, loss_per=stage.loss_per),
-                     resume=args.resume)
+                     resume=args.resume, processes=args.processes)
         start = output
         if not (args.resume and (output / "scores.json").is_file()):
             write_scores(output, heldout)
