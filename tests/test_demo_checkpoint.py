@@ -24,7 +24,7 @@ HUB_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_co
              "preprocessor_config.json", "generation_config.json"}
 # Tasks the shipped model answers at >= 95% on its held-out set (README "Demo model"), and a seed
 # no training or held-out set uses.
-STRONG_TASKS = ("name", "colour", "direction")
+STRONG_TASKS = ("name", "colour", "shape", "ocr", "compare", "direction")
 FRESH_SEED = 2026
 GREEDY = SamplingParams(max_tokens=48, temperature=0)
 

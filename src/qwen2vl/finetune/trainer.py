@@ -1,7 +1,7 @@
 """Supervised fine-tuning: LoRA or full, on image/video conversations, in one or many processes.
 
 Owns: choosing what trains (LoRA adapters on the decoder projections by default; optionally the
-merger, the vision tower, or everything), the loop (AdamW, warmup + cosine, gradient accumulation
+merger, the vision tower, or everything), the loop (AdamW or Muon, warmup + cosine, gradient accumulation
 and clipping, gradient checkpointing, bf16 autocast on CUDA), the loss (the mean over the global
 batch's label tokens, or with loss_per="example" the mean over its examples of each answer's token
 mean, so short answers weigh as much as long ones; either way N processes compute what one process
@@ -31,6 +31,7 @@ from .data import IGNORE, balanced_share, batch_order, collate, encode_example, 
 from .distributed import Distributed
 from .launch import cores
 from .lora import LoraSettings, apply_lora
+from .muon import MuonAdamW
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,15 @@ class TrainSettings:
     seed: int = 0
     group_by_length: bool = True
     loss_per: str = "token"  # "token": every answer token weighs the same; "example": every example does
+    optimizer: str = "adamw"  # or "muon": Muon for the linear layers' matrices, AdamW for the rest (muon.py)
     gradient_checkpointing: bool = False
     skip_invalid: bool = False
 
     def __post_init__(self) -> None:
         if self.loss_per not in ("token", "example"):
             raise ConfigError(f"loss_per must be 'token' or 'example', not {self.loss_per!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"optimizer must be 'adamw' or 'muon', not {self.optimizer!r}")
 
 
 class Trainer:
@@ -77,9 +81,7 @@ class Trainer:
         self.total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
         self.steps_per_epoch = steps_per_epoch
         self._epoch_batches: tuple[int, list[list[int]]] = (-1, [])  # (epoch, its batches): shuffled once an epoch
-        params = [p for _, p in self.trainable]
-        fused = self.device.type in ("cpu", "cuda")  # one kernel for every tensor: 3% of the demo model's step
-        self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused)
+        self.optimizer = self._optimizer()
         warmup = int(settings.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _warmup_cosine(s, warmup,
                                                                                                  self.total_steps))
@@ -97,6 +99,13 @@ class Trainer:
         model.model.gradient_checkpointing = s.gradient_checkpointing
         model.train()
         return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        s = self.settings
+        if s.optimizer == "muon":
+            return MuonAdamW(self.trainable, lr=s.lr, weight_decay=s.weight_decay, distributed=self.dist)
+        fused = self.device.type in ("cpu", "cuda")  # one kernel for every tensor: 3% of the demo model's step
+        return torch.optim.AdamW([p for _, p in self.trainable], lr=s.lr, weight_decay=s.weight_decay, fused=fused)
 
     def _records(self, path: Path) -> tuple[list, list[int]]:
         """Records valid on every rank, and their lengths (each rank prepared the media of its shard)."""
