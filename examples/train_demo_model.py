@@ -96,9 +96,9 @@ def main() -> None:
     parser.add_argument("--publish", type=Path, help="copy the finished model, scores and logs here")
     parser.add_argument("--resume", action="store_true", help="skip finished stages, continue the unfinished one")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); the sums round by it")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="training processes, one a core (faster than threads for this small model; "
-                             "the sums round differently)")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="training processes, one a core (faster than threads for this small model; the "
+                             "shipped model was trained at 2, and another count rounds differently)")
     args = parser.parse_args()
     if args.processes < 1 or args.batch_size % args.processes:
         parser.error("--batch-size must be a multiple of --processes (each process takes an equal share)")
