@@ -22,7 +22,7 @@
    Every stage trains with Muon (TrainSettings.optimizer="muon": the weight matrices' updates
    orthogonalized, AdamW for the rest), which learned each task tried alone from random weights in
    about half of AdamW's steps or fewer; the stages have about two thirds of the steps they had under
-   AdamW, since Muon's steps cost more on a model this small (1.4-1.7x at two processes).
+   AdamW, since Muon's steps cost more on a model this small (1.4-2x at two processes).
    From the direction on, the loss is averaged over examples, not answer tokens: under the
    token average a two-token answer (a direction, a colour, a count) weighs a sixteenth of a box
    answer and is drowned (the box stages keep the token average: their answers are all about the
