@@ -14,25 +14,10 @@ docs/demo_model_experiments.md. The data and checkpoint are shared with train_pr
 from __future__ import annotations
 
 import argparse
-import shutil
-import statistics
-from pathlib import Path
 
-from train_processes import ROOT, inputs
+from train_processes import ROOT, inputs, tokens_per_second
 
-from qwen2vl.finetune import TrainSettings, finetune
 from qwen2vl.finetune.launch import cores
-
-
-def tokens_per_second(base: Path, data: Path, output: Path, steps: int, batch: int, processes: int,
-                      optimizer: str, train_vision: bool) -> float:
-    shutil.rmtree(output, ignore_errors=True)
-    settings = TrainSettings(output=output, mode="full", train_vision=train_vision, train_merger=True,
-                             batch_size=batch // processes, max_steps=steps, lr=1e-3, warmup_ratio=0.02,
-                             weight_decay=0.01, max_length=1024, group_by_length=False, loss_per="example",
-                             optimizer=optimizer)
-    rows = finetune(base, data, settings, processes=processes)
-    return statistics.median(row["tokens_per_second"] for row in rows[5:])
 
 
 def main() -> None:

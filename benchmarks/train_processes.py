@@ -39,11 +39,13 @@ def inputs(directory: Path, examples: int) -> tuple[Path, Path]:
     return base, data
 
 
-def tokens_per_second(base: Path, data: Path, output: Path, steps: int, batch: int, processes: int) -> float:
+def tokens_per_second(base: Path, data: Path, output: Path, steps: int, batch: int, processes: int,
+                      optimizer: str = "adamw", train_vision: bool = True) -> float:
     shutil.rmtree(output, ignore_errors=True)
-    settings = TrainSettings(output=output, mode="full", train_vision=True, train_merger=True,
+    settings = TrainSettings(output=output, mode="full", train_vision=train_vision, train_merger=True,
                              batch_size=batch // processes, max_steps=steps, lr=1e-3, warmup_ratio=0.02,
-                             weight_decay=0.01, max_length=1024, group_by_length=False, loss_per="example")
+                             weight_decay=0.01, max_length=1024, group_by_length=False, loss_per="example",
+                             optimizer=optimizer)
     rows = finetune(base, data, settings, processes=processes)
     return statistics.median(row["tokens_per_second"] for row in rows[5:])
 

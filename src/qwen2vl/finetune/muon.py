@@ -8,7 +8,7 @@ embeddings, the output head, norms, biases and the patch convolution to AdamW), 
 0.2 * sqrt(max(rows, cols)) so its RMS matches an AdamW update's and both halves share one learning
 rate and one schedule. Does not own: the schedule or the loop (trainer.py).
 
-On the demo model Muon learned reading numbers from random weights in a third of AdamW's steps
+On the demo model Muon learned reading numbers from random weights in about two fifths of AdamW's steps
 (docs/demo_model_experiments.md). Same-shaped matrices are orthogonalized together in one batched
 iteration, in float32 (on a CPU without native bfloat16 that is both faster and exact enough); in
 data-parallel training each process orthogonalizes a share of the matrices.
