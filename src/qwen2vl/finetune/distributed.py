@@ -47,15 +47,17 @@ class Distributed:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         present = torch.tensor([float(p.grad is not None) for p in parameters], device=parameters[0].device)
-        flat = torch.cat([g.reshape(-1) for g in grads] + [present])  # [sum of numels + number of tensors]
+        *sums, anyone = self.sum_all(grads + [present])
+        for parameter, grad, had in zip(parameters, sums, anyone.tolist()):
+            parameter.grad = grad if had else None
+
+    def sum_all(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor summed across ranks, all in one collective over a flat buffer."""
+        if self.world == 1:
+            return tensors
+        flat = torch.cat([t.reshape(-1) for t in tensors])  # [sum of numels]
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for parameter, grad in zip(parameters, grads):
-            parameter.grad = flat[offset:offset + grad.numel()].view_as(grad).to(grad.dtype)
-            offset += grad.numel()
-        for parameter, anyone in zip(parameters, flat[offset:].tolist()):
-            if not anyone:
-                parameter.grad = None
+        return [part.view_as(t).to(t.dtype) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
     def gather(self, obj: Any) -> list[Any]:
         if self.world == 1:

@@ -120,12 +120,8 @@ class MuonAdamW(torch.optim.Optimizer):
             stacked = orthogonalize(torch.stack([directions[i] for i in indices]))  # [same-shaped, rows, cols]
             for i, update in zip(indices, stacked):
                 results[i] = update
-        if world == 1:
-            return results
-        flat = torch.cat([(r if r is not None else torch.zeros_like(d)).reshape(-1)
-                          for r, d in zip(results, directions)])  # [every direction's numel]
-        self.distributed.sum_(flat)
-        return [part.view_as(d) for part, d in zip(flat.split([d.numel() for d in directions]), directions)]
+        return self.distributed.sum_all([r if r is not None else torch.zeros_like(d)
+                                         for r, d in zip(results, directions)])
 
     def _adamw(self, group: dict, params: list[torch.Tensor]) -> None:
         beta1, beta2 = group["betas"]
