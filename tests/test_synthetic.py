@@ -63,6 +63,17 @@ def test_lone_grounding_boxes_the_only_shape_in_the_picture(seed):
     assert shape_pixels == colour_mask(image, box.label.split()[1]).sum() > 0
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_side_answers_the_half_of_the_picture_the_named_shape_is_in(seed):
+    sample = next(samples(1, seed=seed, tasks=("side",)))
+    image = next(iter(sample.images.values()))
+    colour = sample.messages[0]["content"][-1]["text"].split()[2]
+    xs = np.nonzero(colour_mask(image, colour))[1]
+    centre = (xs.min() + xs.max() + 1) / 2
+    assert abs(centre - image.size[0] / 2) >= CELL / 2
+    assert sample.answer == ("left" if centre < image.size[0] / 2 else "right")
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_colour_answers_are_in_the_picture(seed):
     sample = next(samples(1, seed=seed, tasks=("colour",)))

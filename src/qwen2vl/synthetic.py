@@ -9,6 +9,8 @@ and turning them into conversations with one checkable answer each:
 - grounding: the box of a named shape in Qwen2-VL's format (coordinates normalised to 0-1000),
   and as a stepping stone the same with one shape in the picture (where before which: from
   scratch, boxes among several shapes did not move in 1,500 steps, a lone shape's reached 88%);
+- which half of the picture a named shape is in (a stepping stone towards boxes among several
+  shapes: which shape is named, with the simplest answer about where; not yet in the recipe);
 - comparing two pictures (which has more shapes);
 - a short video: which way the ball moves (needs the frames' order).
 The world is made easy to learn for a model of a few million parameters trained for an hour on a CPU:
@@ -206,6 +208,20 @@ def lone_grounding_task(rng: random.Random, key: str) -> Sample:
     return grounding_task(rng, key, most=1)
 
 
+def side_task(rng: random.Random, key: str) -> Sample:
+    """Which half of the picture a named shape is in, among one to three shapes (a curriculum
+    stepping stone: which shape the words name, with the simplest answer about where it is)."""
+    while True:
+        image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, 3)), _size(rng))
+        target = rng.choice(shapes)
+        offset = (target.box[0] + target.box[2]) / 2 - image.size[0] / 2
+        if abs(offset) >= CELL / 2:
+            break
+    phrase = f"the {target.colour} {target.kind}"
+    return Sample("side", _question([f"{key}.png"], f"Is {phrase} on the left or the right?"),
+                  "left" if offset < 0 else "right", {f"{key}.png": image})
+
+
 def compare_task(rng: random.Random, key: str) -> Sample:
     counts = rng.sample(range(1, 6), 2)
     pictures = {}
@@ -248,7 +264,8 @@ TASKS: dict[str, Callable[[random.Random, str], Sample]] = {
 
 
 # Easier forms of a task for a training curriculum; not part of the scored set.
-STEPPING_STONES: dict[str, Callable[[random.Random, str], Sample]] = {"lone-grounding": lone_grounding_task}
+STEPPING_STONES: dict[str, Callable[[random.Random, str], Sample]] = {"lone-grounding": lone_grounding_task,
+                                                                      "side": side_task}
 
 
 def samples(count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS)) -> Iterator[Sample]:
