@@ -166,6 +166,11 @@ def _named(shape: Shape) -> str:
     return f"{'an' if shape.colour[0] in 'aeiou' else 'a'} {shape.colour} {shape.kind}"
 
 
+def _the(shape: Shape) -> str:
+    """The phrase a question names a shape by: "the blue circle"."""
+    return f"the {shape.colour} {shape.kind}"
+
+
 def name_task(rng: random.Random, key: str) -> Sample:
     image, shapes = _scene(rng, _distinct_shapes(rng, 1), _size(rng))
     return Sample("name", _question([f"{key}.png"], "What is in the picture?"), _named(shapes[0]),
@@ -198,7 +203,7 @@ def ocr_task(rng: random.Random, key: str) -> Sample:
 def grounding_task(rng: random.Random, key: str, most: int = 3) -> Sample:
     image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, most)), _size(rng))
     target = rng.choice(shapes)
-    phrase = f"the {target.colour} {target.kind}"
+    phrase = _the(target)
     answer = box_to_text(Box(*target.box, label=phrase), image.size)
     return Sample("grounding", _question([f"{key}.png"], f"Locate {phrase}."), answer, {f"{key}.png": image})
 
@@ -217,8 +222,7 @@ def side_task(rng: random.Random, key: str) -> Sample:
         offset = (target.box[0] + target.box[2]) / 2 - image.size[0] / 2
         if abs(offset) >= CELL / 2:
             break
-    phrase = f"the {target.colour} {target.kind}"
-    return Sample("side", _question([f"{key}.png"], f"Is {phrase} on the left or the right?"),
+    return Sample("side", _question([f"{key}.png"], f"Is {_the(target)} on the left or the right?"),
                   "left" if offset < 0 else "right", {f"{key}.png": image})
 
 
