@@ -4,32 +4,34 @@
 2. Build the small tokenizer from the training texts and write a random starting checkpoint.
 3. Full fine-tuning with our trainer (the vision tower where a stage says), stage after stage, each
    continuing from the last (see STAGES). Boxes come first, from the random start: a lone shape's
-   box, then boxes among several shapes (a model that first learned anything else learned boxes
-   far worse). The video direction follows, then naming, colours and shapes, each with boxes (and
-   the direction) kept in the mix so they are not forgotten; a final mixture of every task trains the
-   rest. Then the colour question at a gentler rate, with a lone shape's box as every third
-   question (the shape a colour question names is ignored until well over a thousand colour
-   steps on a model that already knows kinds, and a mixture's shared steps do not add up to that;
-   colour-only steps wiped the lone boxes the box stages had taught, which the third kept), and a
-   mixture at that rate to bring back what those steps made the model forget, with counting drawn
-   in 10 of its 24 draws and lone boxes in 2 (counting learns slowest, and weighted inside a
-   mixture it gains without the others losing). Then reading alone (numbers need steps of their
-   own), and a mixture with reading in 12 of its 34 draws to keep what it read. Last, counting in a
-   third of the draws beside one of every other question (counting gains with steps of its own, and
-   this stage lost nothing else in its trial: docs/demo_model_experiments.md). (Under AdamW two
-   more stages followed, the shape of a named colour and a gentle mixture; with Muon the model
-   already names shapes at 98% without them, and they cost reading and colour: the log.)
-   The vision tower trains in the first four stages and in the reading stage; in the others it is
-   frozen (no backward pass through it: a step costs about two thirds, and the scores hold).
+   box (a model that first learned anything else learned boxes far worse). Then which half of the
+   picture a named shape is in, alone (the side question: it answers for a shape picked at random
+   for a thousand steps or more, then binds the words to the named shape's place; drawn beside
+   other questions from the start it never binds). Then boxes among several shapes with side
+   questions kept in a quarter of the draws, in two stages, the second at half the rate (without
+   them a box lands on another shape as often as on the named one; with them, about one in twenty).
+   The video direction follows, then naming, colours and shapes, each with boxes and side questions
+   (and the direction) kept in the mix so they are not forgotten; a mixture of every task trains
+   the rest (the colour of a named shape comes with the binding, but not the shape of a named
+   colour: a random pick among the shapes drawn). Then the shape question with colour questions and
+   a lone shape's box beside it (it binds in about a thousand steps of its own and costs the other
+   tasks), and a mixture at a gentler rate to bring back what those steps made the model forget,
+   with counting drawn in 10 of its 24 draws and lone boxes in 2 (counting learns slowest, and
+   weighted inside a mixture it gains without the others losing). Then reading alone (numbers need
+   steps of their own), and a mixture with reading in 12 of its 34 draws to keep what it read. Last,
+   counting in 4 of 13 draws beside one of every other question (counting gains with steps of its
+   own: docs/demo_model_experiments.md).
+   The vision tower trains in the first six stages and in the two reading stages; in the other
+   four it is frozen (no backward pass through it: a step costs about two thirds, and the scores
+   hold).
    Every stage trains with Muon (TrainSettings.optimizer="muon": the weight matrices' updates
    orthogonalized, AdamW for the rest), which learned each task tried alone from random weights in
-   about half of AdamW's steps or fewer; the stages have about two thirds of the steps they had under
-   AdamW, since Muon's steps cost more on a model this small (1.4-2x at two processes).
-   From the direction on, the loss is averaged over examples, not answer tokens: under the
-   token average a two-token answer (a direction, a colour, a count) weighs a sixteenth of a box
-   answer and is drowned (the box stages keep the token average: their answers are all about the
-   same length). Batches are plain shuffled (length-grouped batches hold one kind of task each,
-   which learned more slowly).
+   about half of AdamW's steps or fewer.
+   From the side stage on, the loss is averaged over examples, not answer tokens: under the
+   token average a one- or two-token answer (a side, a direction, a colour, a count) weighs a
+   sixteenth of a box answer and is drowned (the lone-box stage keeps the token average: its
+   answers are all about the same length). Batches are plain shuffled (length-grouped batches hold
+   one kind of task each, which learned more slowly).
 4. Score on the held-out set after every stage (scores.json in each stage's directory, so the
    log shows what each stage taught and what it made the model forget), and the finished model on
    a second held-out set of another seed (second-scores.json): recipes are chosen by the first
@@ -73,18 +75,21 @@ class Stage:
 
 
 MIXTURE = ("name", "colour", "colour", "shape", "count", "count", "describe", "ocr", "ocr", "grounding", "grounding",
-           "grounding", "compare", "direction")
+           "side", "compare", "direction")
 LAST_MIXTURE = MIXTURE + ("count",) * 8 + ("lone-grounding",) * 2  # counting in 10 of 24 draws, lone boxes in 2
-COUNTING_MIXTURE = ("count",) * 4 + ("ocr", "colour", "grounding", "lone-grounding", "compare", "direction", "shape",
-                                  "name")  # counting in a third of the draws, the others kept
+COUNTING_MIXTURE = ("count",) * 4 + ("ocr", "colour", "grounding", "lone-grounding", "side", "compare", "direction",
+                                  "shape", "name")  # counting in 4 of 13 draws, the others kept
+BOX_MIXTURE = ("side", "grounding", "grounding", "lone-grounding")  # side questions keep boxes on the named shape
 STAGES = (
-    Stage("lone-boxes", ("lone-grounding",), 1000, seed=5, loss_per="token"),
-    Stage("boxes", ("grounding", "grounding", "lone-grounding"), 1000, seed=7, loss_per="token"),
-    Stage("direction", ("direction", "direction", "grounding"), 1300, seed=6),
-    Stage("shapes", ("name", "describe", "colour", "shape", "grounding", "grounding", "grounding", "direction",
+    Stage("lone-boxes", ("lone-grounding",), 750, seed=5, loss_per="token"),
+    Stage("side", ("side",), 2600, seed=9),
+    Stage("boxes", BOX_MIXTURE, 1500, seed=7),
+    Stage("boxes-again", BOX_MIXTURE, 1500, seed=17, lr=5e-4),
+    Stage("direction", ("direction", "direction", "grounding", "side"), 1300, seed=6),
+    Stage("shapes", ("name", "describe", "colour", "shape", "grounding", "grounding", "side", "direction",
                      "direction"), 1000, seed=4),
     Stage("all", MIXTURE, 2900, seed=1, train_vision=False),
-    Stage("colour", ("colour", "colour", "lone-grounding"), 1600, seed=8, lr=3e-4, train_vision=False),
+    Stage("shape", ("shape", "shape", "colour", "lone-grounding"), 1200, seed=8, train_vision=False),
     Stage("all-again", LAST_MIXTURE, 1300, seed=9, lr=3e-4, train_vision=False),
     Stage("reading", ("ocr",), 1000, seed=12, lr=3e-4),
     Stage("all-reading", LAST_MIXTURE + ("ocr",) * 10, 1000, seed=13, lr=3e-4),

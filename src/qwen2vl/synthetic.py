@@ -10,7 +10,7 @@ and turning them into conversations with one checkable answer each:
   and as a stepping stone the same with one shape in the picture (where before which: from
   scratch, boxes among several shapes did not move in 1,500 steps, a lone shape's reached 88%);
 - which half of the picture a named shape is in (a stepping stone towards boxes among several
-  shapes: which shape is named, with the simplest answer about where; not yet in the recipe);
+  shapes: which shape is named, with the simplest answer about where; the demo recipe's second stage);
 - comparing two pictures (which has more shapes);
 - a short video: which way the ball moves (needs the frames' order).
 The world is made easy to learn for a model of a few million parameters trained for an hour on a CPU:

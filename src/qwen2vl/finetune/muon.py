@@ -42,9 +42,11 @@ def orthogonalize(matrices: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> t
     if wide:
         x = x.transpose(-2, -1)  # [batch, small, large]: the Gram matrix is the small side squared
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)  # spectral norm <= Frobenius norm <= 1
+    x = x.contiguous()  # the batched products below run faster on a contiguous stack
     for _ in range(steps):
         gram = x @ x.transpose(-2, -1)  # [batch, small, small]
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        polynomial = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b * gram + c * gram @ gram
+        x = torch.baddbmm(x, polynomial, x, beta=a)  # a * x + polynomial @ x
     if wide:
         x = x.transpose(-2, -1)
     return x.to(matrices.dtype)
