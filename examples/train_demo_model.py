@@ -16,12 +16,12 @@
    the rest (the colour of a named shape comes with the binding, but not the shape of a named
    colour: a random pick among the shapes drawn). Then the shape question with colour questions and
    a lone shape's box beside it (it binds in 1,200 steps of its own at the full rate, not in 800 at
-   a gentler one, and costs the other tasks), and a mixture at a gentler rate to bring back what those steps made the model forget,
-   with counting drawn in 10 of its 24 draws and lone boxes in 2 (counting learns slowest, and
-   weighted inside a mixture it gains without the others losing). Then reading alone (numbers need
-   steps of their own), and a mixture with reading in 12 of its 34 draws to keep what it read. Last,
-   counting in 4 of 13 draws beside one of every other question (counting gains with steps of its
-   own: docs/demo_model_experiments.md).
+   a gentler one, and costs the other tasks), and a mixture at a gentler rate to bring back what
+   those steps made the model forget, with counting drawn in 10 of its 24 draws and lone boxes in 2
+   (counting learns slowest, and weighted inside a mixture it gains without the others losing).
+   Then reading alone (numbers need steps of their own), and a mixture with reading in 12 of its 34
+   draws to keep what it read. Last, counting in 4 of 13 draws beside one of every other question
+   (counting gains with steps of its own: docs/demo_model_experiments.md).
    The vision tower trains in the first six stages and in the two reading stages; in the other
    four it is frozen (no backward pass through it: a step costs about two thirds, and the scores
    hold).
