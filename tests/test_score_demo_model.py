@@ -1,0 +1,54 @@
+"""examples/score_demo_model.py: a model's accuracy per task on a freshly generated held-out set,
+the recipe's own set at its defaults, and a one-line error with exit code 2 for a missing model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "score_demo_model.py"
+SHIPPED_SCORES = ROOT / "models" / "qwen2vl-demo" / "scores.json"
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_score_script_asks_the_given_tasks_that_many_times_each(tmp_path):
+    done = run_script("--per-task", "3", "--tasks", "count", "grounding", "--json", str(tmp_path / "s.json"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert {task: s["total"] for task, s in report.items()} == {"count": 3, "grounding": 3}
+    assert [line.split()[0] for line in done.stdout.splitlines()[:2]] == ["count", "grounding"]
+
+
+def test_score_script_keeps_the_questions_where_asked(tmp_path):
+    done = run_script("--per-task", "1", "--tasks", "colour", "--data", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "heldout.jsonl").read_text().splitlines()]
+    assert [row["task"] for row in rows] == ["colour"]
+
+
+@pytest.mark.slow
+def test_score_script_defaults_reproduce_the_shipped_models_held_out_scores(tmp_path):
+    done = run_script("--json", str(tmp_path / "s.json"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(SHIPPED_SCORES.read_text())
+
+
+def test_score_script_names_a_missing_model_in_one_line_and_exits_2(tmp_path):
+    done = run_script("--model", str(tmp_path / "nowhere"))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "nowhere" in done.stderr and "not a model directory" in done.stderr
+
+
+def test_score_script_refuses_zero_questions_per_task():
+    done = run_script("--per-task", "0")
+    assert done.returncode == 2
+    assert "--per-task: must be at least 1" in done.stderr
