@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from qwen2vl import Qwen2VL
-from qwen2vl.demo_model import score
+from qwen2vl.demo_model import score, scores_report
 from qwen2vl.errors import Qwen2VLError
 from qwen2vl.synthetic import TASKS, write_dataset
 
@@ -68,8 +68,7 @@ def main() -> int:
     print(f"{sum(s.total for s in scores.values())} questions of seed {args.seed} in "
           f"{time.perf_counter() - start:.1f} s")
     if args.json is not None:
-        report = {task: {"correct": s.correct, "total": s.total, "accuracy": s.accuracy} for task, s in scores.items()}
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(json.dumps(scores_report(scores), indent=2))
     return 0
 
 

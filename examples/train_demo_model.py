@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 
 from qwen2vl import Qwen2VL
-from qwen2vl.demo_model import corpus_from, score, write_base_checkpoint
+from qwen2vl.demo_model import corpus_from, score, scores_report, write_base_checkpoint
 from qwen2vl.finetune import TrainSettings, finetune
 from qwen2vl.synthetic import write_dataset
 from qwen2vl.weights import copy_hub_files
@@ -149,8 +149,7 @@ def main() -> None:
 def write_scores(model_dir: Path, heldout: Path, name: str = "scores.json") -> None:
     """Held-out scores of one stage's model, written beside it (as `name`) and printed in one line."""
     scores = score(Qwen2VL.from_pretrained(model_dir), heldout)
-    report = {task: {"correct": s.correct, "total": s.total, "accuracy": s.accuracy} for task, s in scores.items()}
-    (model_dir / name).write_text(json.dumps(report, indent=2))
+    (model_dir / name).write_text(json.dumps(scores_report(scores), indent=2))
     print(model_dir.name, name, " ".join(f"{task} {100 * s.accuracy:.0f}%" for task, s in sorted(scores.items())),
           flush=True)
 

@@ -103,6 +103,11 @@ class Score:
         return self.correct / self.total if self.total else 0.0
 
 
+def scores_report(scores: dict[str, Score]) -> dict[str, dict]:
+    """Scores as the JSON the recipe keeps beside each stage (scores.json): task -> correct, total, accuracy."""
+    return {task: {"correct": s.correct, "total": s.total, "accuracy": s.accuracy} for task, s in scores.items()}
+
+
 def read_questions(jsonl: Path) -> list[tuple[dict, list[dict]]]:
     """Each line of a synthetic JSONL file (task, answer, messages) with its question: the
     conversation without the answer, media paths made absolute."""
