@@ -3,8 +3,8 @@
 The recipe (examples/train_demo_model.py) scores every stage on 40 questions a task of seed 2 and
 the finished model on 40 of seed 3; `--per-task 40 --seed 2` writes that same first set. Forty
 questions are a noisy measure: a rerun of the same recipe moves a task by a few of them
-(docs/demo_model_experiments.md), so recipes are better compared on more questions of the tasks
-in doubt, e.g. `--per-task 200 --tasks count grounding`. Answers are greedy and checked as the
+(docs/demo_model_experiments.md; two sets of 200 still disagree by several), so recipes are
+better compared on more questions of the tasks in doubt, e.g. `--per-task 400 --tasks count grounding`. Answers are greedy and checked as the
 recipe checks them (qwen2vl.demo_model.score: exact text, or IoU >= 0.5 for a box).
 
     .venv/bin/python examples/score_demo_model.py [--model DIR] [--per-task 40] [--seed 2] [--tasks T ...]
@@ -59,16 +59,16 @@ def main() -> int:
             questions = write_dataset(directory, args.per_task * len(args.tasks), seed=args.seed,
                                       tasks=tuple(args.tasks), name="heldout.jsonl")
             scores = score(llm, questions)
-    except Qwen2VLError as error:
+        for task in args.tasks:
+            s = scores[task]
+            print(f"{task:10s} {s.correct:4d}/{s.total:<4d} {100 * s.accuracy:5.1f}%")
+        print(f"{sum(s.total for s in scores.values())} questions of seed {args.seed} in "
+              f"{time.perf_counter() - start:.1f} s")
+        if args.json is not None:
+            args.json.write_text(json.dumps(scores_report(scores), indent=2))
+    except (Qwen2VLError, OSError) as error:  # OSError: --data or --json not writable where given
         print(f"score_demo_model: error: {error}", file=sys.stderr)
         return 2
-    for task in args.tasks:
-        s = scores[task]
-        print(f"{task:10s} {s.correct:4d}/{s.total:<4d} {100 * s.accuracy:5.1f}%")
-    print(f"{sum(s.total for s in scores.values())} questions of seed {args.seed} in "
-          f"{time.perf_counter() - start:.1f} s")
-    if args.json is not None:
-        args.json.write_text(json.dumps(scores_report(scores), indent=2))
     return 0
 
 

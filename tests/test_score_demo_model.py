@@ -52,3 +52,12 @@ def test_score_script_refuses_zero_questions_per_task():
     done = run_script("--per-task", "0")
     assert done.returncode == 2
     assert "--per-task: must be at least 1" in done.stderr
+
+
+def test_score_script_names_an_unwritable_data_directory_in_one_line_and_exits_2(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = run_script("--per-task", "1", "--tasks", "colour", "--data", str(blocker))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "a-file" in done.stderr
