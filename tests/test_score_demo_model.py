@@ -1,5 +1,6 @@
 """examples/score_demo_model.py: a model's accuracy per task on a freshly generated held-out set,
-the recipe's own set at its defaults, and a one-line error with exit code 2 for a missing model."""
+the recipe's own set at its defaults, and a one-line error with exit code 2 for bad arguments (a
+missing model, zero questions, a --data path that is not a directory)."""
 
 from __future__ import annotations
 
