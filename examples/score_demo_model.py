@@ -4,8 +4,8 @@ The recipe (examples/train_demo_model.py) scores every stage on 40 questions a t
 the finished model on 40 of seed 3; `--per-task 40 --seed 2` writes that same first set. Forty
 questions are a noisy measure: a rerun of the same recipe moves a task by a few of them
 (docs/demo_model_experiments.md; two sets of 200 still disagree by several), so recipes are
-better compared on more questions of the tasks in doubt, e.g. `--per-task 400 --tasks count grounding`. Answers are greedy and checked as the
-recipe checks them (qwen2vl.demo_model.score: exact text, or IoU >= 0.5 for a box).
+better compared on more questions of the tasks in doubt, e.g. `--per-task 400 --tasks count
+grounding`. Answers are greedy and checked as the recipe checks them (qwen2vl.demo_model.score: exact text, or IoU >= 0.5 for a box).
 
     .venv/bin/python examples/score_demo_model.py [--model DIR] [--per-task 40] [--seed 2] [--tasks T ...]
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from qwen2vl import Qwen2VL
-from qwen2vl.demo_model import score, scores_report
+from qwen2vl.demo_model import report_lines, score, scores_report
 from qwen2vl.errors import Qwen2VLError
 from qwen2vl.synthetic import TASKS, write_dataset
 
@@ -59,13 +59,12 @@ def main() -> int:
             questions = write_dataset(directory, args.per_task * len(args.tasks), seed=args.seed,
                                       tasks=tuple(args.tasks), name="heldout.jsonl")
             scores = score(llm, questions)
-        for task in args.tasks:
-            s = scores[task]
-            print(f"{task:10s} {s.correct:4d}/{s.total:<4d} {100 * s.accuracy:5.1f}%")
+        report = scores_report(scores)
+        print("\n".join(report_lines(report, args.tasks)))
         print(f"{sum(s.total for s in scores.values())} questions of seed {args.seed} in "
               f"{time.perf_counter() - start:.1f} s")
         if args.json is not None:
-            args.json.write_text(json.dumps(scores_report(scores), indent=2))
+            args.json.write_text(json.dumps(report, indent=2))
     except (Qwen2VLError, OSError) as error:  # OSError: --data or --json not writable where given
         print(f"score_demo_model: error: {error}", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 
 from qwen2vl import Qwen2VL
-from qwen2vl.demo_model import corpus_from, score, scores_report, write_base_checkpoint
+from qwen2vl.demo_model import corpus_from, report_lines, score, scores_report, write_base_checkpoint
 from qwen2vl.finetune import TrainSettings, finetune
 from qwen2vl.synthetic import write_dataset
 from qwen2vl.weights import copy_hub_files
@@ -140,8 +140,8 @@ def main() -> None:
         if not (args.resume and (output / "scores.json").is_file()):
             write_scores(output, heldout)
     write_scores(start, second, "second-scores.json")
-    for task, s in sorted(json.loads((start / "scores.json").read_text()).items()):
-        print(f"{task:10s} {s['correct']:4d}/{s['total']:<4d} {100 * s['accuracy']:5.1f}%")
+    report = json.loads((start / "scores.json").read_text())
+    print("\n".join(report_lines(report, sorted(report))))
     if args.publish is not None:
         publish(args.output, start, args.publish)
 

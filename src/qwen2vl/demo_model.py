@@ -4,7 +4,8 @@ Owns: a byte-level BPE tokenizer trained on the synthetic corpus that carries ev
 and grounding special token (digits are single tokens, so numbers and box coordinates are spelled
 digit by digit); a small Qwen2-VL config whose token ids are the tokenizer's; writing the random
 starting checkpoint with the full Hub file set; scoring a model on held-out synthetic samples
-(exact answers; IoU >= 0.5 for boxes). Does not own: the tasks (synthetic.py) or training (finetune/).
+(exact answers; IoU >= 0.5 for boxes), with the scores' JSON report and printed lines. Does not
+own: the tasks (synthetic.py) or training (finetune/).
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ class Score:
 def scores_report(scores: dict[str, Score]) -> dict[str, dict]:
     """Scores as the JSON the recipe keeps beside each stage (scores.json): task -> correct, total, accuracy."""
     return {task: {"correct": s.correct, "total": s.total, "accuracy": s.accuracy} for task, s in scores.items()}
+
+
+def report_lines(report: dict[str, dict], tasks: list[str]) -> list[str]:
+    """One printed line per task of a scores report, in the order of `tasks`: "count  32/40  80.0%"."""
+    return [f"{task:10s} {report[task]['correct']:4d}/{report[task]['total']:<4d} "
+            f"{100 * report[task]['accuracy']:5.1f}%" for task in tasks]
 
 
 def read_questions(jsonl: Path) -> list[tuple[dict, list[dict]]]:
