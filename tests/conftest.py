@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -11,6 +13,12 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COMMON = FIXTURES / "qwen2vl_common"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
+    """examples/<script> run as a user runs it (this interpreter, output captured, five minutes at most)."""
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=300)
 
 
 def real_config(size: str) -> dict:

@@ -3,15 +3,11 @@ demo model, and a one-line error with exit code 2 for bad input."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+from conftest import run_example
 
 
-def run_quickstart(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(QUICKSTART), *args], capture_output=True, text=True, timeout=300)
+def run_quickstart(*args: str):
+    return run_example("quickstart.py", *args)
 
 
 def test_quick_start_answers_every_bundled_question_and_draws_the_box(tmp_path):

@@ -5,19 +5,17 @@ missing model, zero questions, a --data path that is not a directory)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "score_demo_model.py"
-SHIPPED_SCORES = ROOT / "models" / "qwen2vl-demo" / "scores.json"
+from conftest import run_example
+
+SHIPPED_SCORES = Path(__file__).resolve().parents[1] / "models" / "qwen2vl-demo" / "scores.json"
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+def run_script(*args: str):
+    return run_example("score_demo_model.py", *args)
 
 
 def test_score_script_asks_the_given_tasks_that_many_times_each(tmp_path):
