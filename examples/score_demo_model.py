@@ -4,8 +4,9 @@ The recipe (examples/train_demo_model.py) scores every stage on 40 questions a t
 the finished model on 40 of seed 3; `--per-task 40 --seed 2` writes that same first set. Forty
 questions are a noisy measure: a rerun of the same recipe moves a task by a few of them
 (docs/demo_model_experiments.md; two sets of 200 still disagree by several), so recipes are
-better compared on more questions of the tasks in doubt, e.g. `--per-task 400 --tasks count
-grounding`. Answers are greedy and checked as the recipe checks them (qwen2vl.demo_model.score: exact text, or IoU >= 0.5 for a box).
+better compared on more questions of the tasks in doubt, e.g.
+`--per-task 400 --tasks count grounding`. Answers are greedy and checked as the recipe checks
+them (qwen2vl.demo_model.score: exact text, or IoU >= 0.5 for a box).
 
     .venv/bin/python examples/score_demo_model.py [--model DIR] [--per-task 40] [--seed 2] [--tasks T ...]
 """
