@@ -60,15 +60,15 @@ def main() -> int:
             questions = write_dataset(directory, args.per_task * len(args.tasks), seed=args.seed,
                                       tasks=tuple(args.tasks), name="heldout.jsonl")
             scores = score(llm, questions)
+        seconds = time.perf_counter() - start
         report = scores_report(scores)
-        print("\n".join(report_lines(report, args.tasks)))
-        print(f"{sum(s.total for s in scores.values())} questions of seed {args.seed} in "
-              f"{time.perf_counter() - start:.1f} s")
         if args.json is not None:
             args.json.write_text(json.dumps(report, indent=2))
     except (Qwen2VLError, OSError) as error:  # OSError: --data or --json not writable where given
         print(f"score_demo_model: error: {error}", file=sys.stderr)
         return 2
+    print("\n".join(report_lines(report, args.tasks)))
+    print(f"{sum(s.total for s in scores.values())} questions of seed {args.seed} in {seconds:.1f} s")
     return 0
 
 
