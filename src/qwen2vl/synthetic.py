@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .grounding import Box, box_to_text
+from .grounding import SCALE, Box, box_to_text
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 20),
            "purple": (140, 60, 180), "orange": (245, 130, 30)}
@@ -64,6 +64,7 @@ class Sample:
     messages: list[dict]
     answer: str
     images: dict[str, Image.Image]  # file name -> picture (frames of a video included)
+    shapes: dict[str, tuple[Shape, ...]] = field(default_factory=dict)  # file name -> the shapes drawn on it
 
 
 def _size(rng: random.Random) -> tuple[int, int]:
@@ -139,14 +140,14 @@ def colour_task(rng: random.Random, key: str) -> Sample:
     image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, 3)), _size(rng))
     target = rng.choice(shapes)
     return Sample("colour", _question([f"{key}.png"], f"What colour is the {target.kind}?"), target.colour,
-                  {f"{key}.png": image})
+                  {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
 
 
 def shape_task(rng: random.Random, key: str) -> Sample:
     image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, 3)), _size(rng))
     target = rng.choice(shapes)
     return Sample("shape", _question([f"{key}.png"], f"What shape is {target.colour}?"), target.kind,
-                  {f"{key}.png": image})
+                  {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
 
 
 def count_task(rng: random.Random, key: str) -> Sample:
@@ -159,7 +160,7 @@ def count_task(rng: random.Random, key: str) -> Sample:
     image, shapes = _scene(rng, items, (rng.randrange(224, 281, 28), rng.randrange(196, 281, 28)))
     count = sum(1 for s in shapes if s.colour == colour)
     return Sample("count", _question([f"{key}.png"], f"How many {colour} shapes are there?"), str(count),
-                  {f"{key}.png": image})
+                  {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
 
 
 def _named(shape: Shape) -> str:
@@ -174,7 +175,7 @@ def _the(shape: Shape) -> str:
 def name_task(rng: random.Random, key: str) -> Sample:
     image, shapes = _scene(rng, _distinct_shapes(rng, 1), _size(rng))
     return Sample("name", _question([f"{key}.png"], "What is in the picture?"), _named(shapes[0]),
-                  {f"{key}.png": image})
+                  {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
 
 
 def describe_task(rng: random.Random, key: str) -> Sample:
@@ -184,7 +185,7 @@ def describe_task(rng: random.Random, key: str) -> Sample:
     words = [_named(s) for s in ordered]
     answer = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
     return Sample("describe", _question([f"{key}.png"], "Describe the picture from left to right."), answer,
-                  {f"{key}.png": image})
+                  {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
 
 
 def ocr_task(rng: random.Random, key: str) -> Sample:
@@ -205,7 +206,8 @@ def grounding_task(rng: random.Random, key: str, most: int = 3) -> Sample:
     target = rng.choice(shapes)
     phrase = _the(target)
     answer = box_to_text(Box(*target.box, label=phrase), image.size)
-    return Sample("grounding", _question([f"{key}.png"], f"Locate {phrase}."), answer, {f"{key}.png": image})
+    return Sample("grounding", _question([f"{key}.png"], f"Locate {phrase}."), answer, {f"{key}.png": image},
+                  {f"{key}.png": tuple(shapes)})
 
 
 def lone_grounding_task(rng: random.Random, key: str) -> Sample:
@@ -223,21 +225,22 @@ def side_task(rng: random.Random, key: str) -> Sample:
         if abs(offset) >= CELL / 2:
             break
     return Sample("side", _question([f"{key}.png"], f"Is {_the(target)} on the left or the right?"),
-                  "left" if offset < 0 else "right", {f"{key}.png": image})
+                  "left" if offset < 0 else "right", {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
 
 
 def compare_task(rng: random.Random, key: str) -> Sample:
     counts = rng.sample(range(1, 6), 2)
-    pictures = {}
+    pictures, drawn = {}, {}
     for i, count in enumerate(counts):
         items = [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(count)]
         image, shapes = _scene(rng, items, (rng.randrange(112, 225, 28), rng.randrange(112, 225, 28)))
         counts[i] = len(shapes)
         pictures[f"{key}-{i}.png"] = image
+        drawn[f"{key}-{i}.png"] = tuple(shapes)
     answer = "the first" if counts[0] > counts[1] else "the second"
     if counts[0] == counts[1]:
         return compare_task(rng, key)
-    return Sample("compare", _question(list(pictures), "Which picture has more shapes?"), answer, pictures)
+    return Sample("compare", _question(list(pictures), "Which picture has more shapes?"), answer, pictures, drawn)
 
 
 def direction_task(rng: random.Random, key: str) -> Sample:
@@ -280,11 +283,19 @@ def samples(count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS)) -> Ite
     return (makers[tasks[i % len(tasks)]](rng, f"s{seed}-{i:06d}") for i in range(count))
 
 
+def _object(shape: Shape, size: tuple[int, int]) -> dict:
+    """A drawn shape as one of the trainer's objects: its box in 0-1000 coordinates, colour and kind."""
+    scale = (SCALE / size[0], SCALE / size[1]) * 2
+    return {"box": [round(v * s, 2) for v, s in zip(shape.box, scale)], "tags": [shape.colour, shape.kind]}
+
+
 def write_dataset(directory: str | Path, count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS),
                   name: str = "data.jsonl") -> Path:
     """Images under directory/media/<name without .jsonl>/ (so datasets sharing a directory keep
     their own pictures) and one JSONL line per sample: messages (with the answer as the assistant
-    turn, media paths relative to the file), task and answer."""
+    turn, media paths relative to the file), task, answer, and the shapes of each image as the
+    trainer's objects (box in 0-1000 coordinates, tags colour and kind: finetune/object_targets.py;
+    none for a picture of text)."""
     directory = Path(directory)
     media = f"media/{Path(name).stem}"
     (directory / media).mkdir(parents=True, exist_ok=True)
@@ -293,13 +304,17 @@ def write_dataset(directory: str | Path, count: int, seed: int, tasks: tuple[str
         for file, image in sample.images.items():
             image.save(directory / media / file, compress_level=1)  # lossless either way; 2x faster than 6
         messages = json.loads(json.dumps(sample.messages))
+        objects = []
         for part in messages[0]["content"]:
             if part.get("type") == "image":
+                objects.append([_object(shape, sample.images[part["image"]].size)
+                                for shape in sample.shapes.get(part["image"], ())])
                 part["image"] = f"{media}/{part['image']}"
             elif part.get("type") == "video":
                 part["video"] = [f"{media}/{frame}" for frame in part["video"]]
         messages.append({"role": "assistant", "content": sample.answer})
-        lines.append(json.dumps({"task": sample.task, "answer": sample.answer, "messages": messages}))
+        lines.append(json.dumps({"task": sample.task, "answer": sample.answer, "messages": messages,
+                                 "objects": objects}))
     path = directory / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -61,6 +61,9 @@ def register(subparsers) -> None:
     parser.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw",
                         help="muon: Muon for the linear layers' matrices and AdamW for the rest, one lr (learns "
                              "small models from scratch in far fewer steps)")
+    parser.add_argument("--object-loss-weight", type=float, default=0.0,
+                        help="> 0: the lines' \"objects\" (boxes and tags per image) teach every visual token the "
+                             "object it shows, through a training-only head (not saved with the model)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--skip-invalid", action="store_true", help="train without invalid lines instead of stopping")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         group_by_length=not args.no_group_by_length,
         loss_per=args.loss_per, optimizer=args.optimizer,
         gradient_checkpointing=args.gradient_checkpointing, skip_invalid=args.skip_invalid,
+        object_loss_weight=args.object_loss_weight,
     )
     finetune(args.model, args.data, settings, eval_file=args.eval_data, resume=args.resume, device=args.device,
               processes=args.processes)

@@ -1,9 +1,9 @@
 """Training data: JSONL conversations -> validated examples -> length-grouped, padded batches.
 
 Owns: reading one conversation per line (Qwen or OpenAI message form, a list or {"messages": [...]})
-with media paths relative to the file; validating every line up front with its line number
-(JSON, missing assistant turn, unreadable media, too long for max_length), in one process or
-several; labels on assistant answers only (their tokens and their <|im_end|>; system, user,
+with media paths relative to the file, and its optional "objects" (object_targets.py); validating
+every line up front with its line number (JSON, missing assistant turn, unreadable media, malformed
+objects, too long for max_length), in one process or several; labels on assistant answers only (their tokens and their <|im_end|>; system, user,
 template and vision tokens are -100); a deterministic length-grouped batch order; collation with
 right padding.
 Does not own: the optimisation loop (trainer.py).
@@ -26,6 +26,8 @@ import torch
 
 from ..errors import InvalidInputError
 from ..processing import Processor
+from ..processing.chat import normalize_conversation
+from .object_targets import ObjectBox, parse_objects
 
 IGNORE = -100
 MIN_LINES_PER_PROCESS = 2000  # read_records starts a process for no fewer lines than this
@@ -37,6 +39,7 @@ class Record:
     line: int
     messages: list[dict[str, Any]]
     length: int  # tokens, visual included
+    objects: tuple[tuple[ObjectBox, ...], ...] | None = None  # the line's "objects", one tuple per image
 
 
 class DatasetError(InvalidInputError):
@@ -87,9 +90,14 @@ def _check_lines(numbered: list[tuple[int, str]], processor: Processor, base: Pa
     records, problems = [], []
     for number, line in numbered:
         try:
-            messages = line_messages(json.loads(line), base)
+            obj = json.loads(line)
+            messages = line_messages(obj, base)
             if not any(m.get("role") == "assistant" for m in messages):
                 raise InvalidInputError("no assistant turn to learn from")
+            objects = None
+            if isinstance(obj, dict) and "objects" in obj:
+                images = sum(item.kind == "image" for item in normalize_conversation(messages)[1])
+                objects = parse_objects(obj["objects"], images)
             length = -1
             if (number - 1) % world == rank:
                 ids = processor.conversation_ids(messages, add_generation_prompt=False)
@@ -99,7 +107,7 @@ def _check_lines(numbered: list[tuple[int, str]], processor: Processor, base: Pa
                     raise InvalidInputError(f"{length} tokens is above --max-length {max_length}")
                 if all(label == IGNORE for label in labels):
                     raise InvalidInputError("the assistant answers are empty")
-            records.append(Record(number, messages, length))
+            records.append(Record(number, messages, length, objects))
         except (ValueError, InvalidInputError) as error:
             problems.append(f"{name} line {number}: {error}")
     return records, problems
@@ -143,10 +151,12 @@ def _with_local_paths(message: dict[str, Any], base: Path) -> dict[str, Any]:
     return {**message, "content": parts}
 
 
-def encode_example(processor: Processor, messages: list[dict[str, Any]]) -> tuple[list[int], list[int], dict]:
-    """Token ids, labels (assistant answers and their <|im_end|> only) and the media tensors."""
+def encode_example(processor: Processor, messages: list[dict[str, Any]],
+                   objects: tuple[tuple[ObjectBox, ...], ...] | None = None) -> tuple[list[int], list[int], dict]:
+    """Token ids, labels (assistant answers and their <|im_end|> only), and the media tensors with
+    the line's objects (one tuple per image; None when the line has none)."""
     ids, images, videos = processor.encode_conversation(messages, add_generation_prompt=False)
-    return ids, assistant_labels(processor, ids), {"images": images, "videos": videos}
+    return ids, assistant_labels(processor, ids), {"images": images, "videos": videos, "objects": objects}
 
 
 def assistant_labels(processor: Processor, ids: list[int]) -> list[int]:

@@ -29,8 +29,9 @@ ADAMW_RMS = 0.2  # the RMS of a typical AdamW update, which the orthogonal updat
 
 def is_hidden_matrix(name: str, parameter: torch.Tensor) -> bool:
     """Whether Muon trains this parameter: a linear layer's 2-D weight, not the token embedding or
-    the output head (those are lookups and a classifier, for which AdamW is the rule)."""
-    return parameter.ndim == 2 and not any(part in name for part in ("embed_tokens", "lm_head"))
+    an output head (the language model's or the training-only object head: those are a lookup and
+    classifiers, for which AdamW is the rule)."""
+    return parameter.ndim == 2 and not any(part in name for part in ("embed_tokens", "lm_head", "object_head"))
 
 
 def orthogonalize(matrices: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> torch.Tensor:

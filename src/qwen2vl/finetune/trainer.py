@@ -6,8 +6,10 @@ and clipping, gradient checkpointing, bf16 autocast on CUDA), the loss (the mean
 batch's label tokens, or with loss_per="example" the mean over its examples of each answer's token
 mean, so short answers weigh as much as long ones; either way N processes compute what one process
 computes), evaluation, progress and JSONL metrics, checkpoints with optimizer/scheduler/RNG state,
-and resuming; float denormals are flushed to zero on the CPU while training (they made steps 1.7x
-slower as the model grew confident). The up-front check of the data runs in a process per core.
+and resuming; with object_loss_weight > 0, the training-only object targets on the visual tokens
+(object_targets.py) added to the loss; float denormals are flushed to zero on the CPU while
+training (they made steps 1.7x slower as the model grew confident). The up-front check of the data
+runs in a process per core.
 Does not own: data (data.py), adapters on disk (lora.py, checkpoint.py), process groups (distributed.py).
 """
 
@@ -32,6 +34,7 @@ from .distributed import Distributed
 from .launch import cores
 from .lora import LoraSettings, apply_lora
 from .muon import MuonAdamW
+from .object_targets import ObjectHead, cell_targets, tag_vocabulary
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,11 @@ class TrainSettings:
     optimizer: str = "adamw"  # or "muon": Muon for the linear layers' matrices, AdamW for the rest (muon.py)
     gradient_checkpointing: bool = False
     skip_invalid: bool = False
+    object_loss_weight: float = 0.0  # > 0: the lines' "objects" teach the visual tokens (object_targets.py)
 
     def __post_init__(self) -> None:
+        if not self.object_loss_weight >= 0:
+            raise ConfigError(f"object_loss_weight must be 0 or more, not {self.object_loss_weight}")
         if self.loss_per not in ("token", "example"):
             raise ConfigError(f"loss_per must be 'token' or 'example', not {self.loss_per!r}")
         if self.optimizer not in ("adamw", "muon"):
@@ -76,6 +82,8 @@ class Trainer:
         self.trainable = self._select_trainable()
         self.train = self._records(train_file)
         self.eval = self._records(eval_file) if eval_file is not None else None
+        self._features: list[torch.Tensor] = []  # what the vision tower returned this forward (object head's hook)
+        self.object_head, self.tags = self._object_head()
         self.global_batch = settings.batch_size * settings.grad_accum * self.dist.world
         steps_per_epoch = math.ceil(len(self.train[0]) / self.global_batch)
         self.total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
@@ -125,6 +133,32 @@ class Trainer:
                 print(f"skipped: {problem}", file=sys.stderr)
         return kept, [lengths[r.line] for r in kept]
 
+    def _object_head(self) -> tuple[ObjectHead | None, tuple[str, ...]]:
+        """With object_loss_weight > 0: the training-only head (its parameters train beside the
+        model's, and are never saved with it) and the data's tag vocabulary; it reads the image
+        features through a hook on the vision tower."""
+        if self.settings.object_loss_weight == 0:
+            return None, ()
+        objects = [r.objects for r in self.train[0] if r.objects is not None]
+        if not objects:
+            raise ConfigError("object_loss_weight needs training lines with \"objects\"")
+        tags = tag_vocabulary(objects)
+        head = ObjectHead(self.model.config.text.hidden_size, len(tags)).to(self.device)
+        self.trainable += [(f"object_head.{n}", p) for n, p in head.named_parameters()]
+        self._hook = self.model.visual.register_forward_hook(lambda _m, _args, out: self._features.append(out))
+        return head, tags
+
+    def _object_loss(self, micro: list, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The object head's summed loss over a micro-batch's image cells (0 without images)."""
+        features, self._features = self._features, []
+        if "image_grid_thw" not in batch:
+            return torch.zeros((), device=self.device)
+        objects = [per_image for _, _, media in micro
+                   for per_image in (media["objects"] or (None,) * len(media["images"]))]
+        grids = [tuple(grid) for grid in batch["image_grid_thw"].tolist()]
+        targets = cell_targets(objects, grids, self.model.config.vision.spatial_merge_size, self.tags)
+        return self.object_head.loss_sum(features[0], targets)  # hidden_states encodes images before videos
+
     def _check_workers(self) -> int:
         """Processes for the up-front check of the data: this process's share of the cores, at most 8
         (each worker is another copy of this process)."""
@@ -139,6 +173,8 @@ class Trainer:
         finally:
             if flush:
                 torch.set_flush_denormal(False)
+            if self.object_head is not None:
+                self._hook.remove()
 
     def _run(self, resume: bool) -> list[dict]:
         start = 0
@@ -169,18 +205,28 @@ class Trainer:
             self._epoch_batches = (epoch, batch_order(lengths, self.global_batch, self.settings.seed, epoch,
                                                       self.settings.group_by_length))
         indices = self._epoch_batches[1][position]
-        mine = [encode_example(self.processor, records[i].messages)
+        mine = [encode_example(self.processor, records[i].messages, records[i].objects)
                 for i in balanced_share(indices, lengths, self.dist.rank, self.dist.world)]
         per_example = self.settings.loss_per == "example"
         local = len(mine) if per_example else sum(_label_count(ex) for ex in mine)
         denominator = self.dist.sum_(torch.tensor(float(local)))  # the global batch's examples or label tokens
-        total_loss = torch.zeros(())
+        total_loss, object_total = torch.zeros(()), torch.zeros(())
+        if self.object_head is not None:
+            merge = self.model.config.vision.merge_unit
+            local_cells = sum(t * h * w // merge for _, _, media in mine if media["objects"] is not None
+                              for _, (t, h, w) in media["images"])
+            cells = self.dist.sum_(torch.tensor(float(local_cells))).clamp(min=1)  # the global batch's annotated cells
         size = self.settings.batch_size
         for micro in (mine[i:i + size] for i in range(0, len(mine), size)):
-            sums, counts = self._example_losses(collate(self.processor, micro))
+            batch = collate(self.processor, micro)
+            sums, counts = self._example_losses(batch)
             objective = ((sums / counts.clamp(min=1)) if per_example else sums).sum() / denominator
-            objective.backward()
             total_loss += objective.detach().float().cpu()
+            if self.object_head is not None:
+                object_loss = self._object_loss(micro, batch) / cells
+                object_total += object_loss.detach().float().cpu()
+                objective = objective + self.settings.object_loss_weight * object_loss
+            objective.backward()
         self.dist.sum_grads_([p for _, p in self.trainable])
         torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], self.settings.max_grad_norm)
         self.optimizer.step()
@@ -189,8 +235,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss = float(self.dist.sum_(total_loss))
         tokens = self.dist.sum_(torch.tensor(float(sum(len(ids) for ids, _, _ in mine))))
-        return {"step": step + 1, "epoch": epoch + (position + 1) / self.steps_per_epoch, "loss": loss, "lr": lr,
-                "tokens_per_second": float(tokens) / (time.perf_counter() - started)}
+        row = {"step": step + 1, "epoch": epoch + (position + 1) / self.steps_per_epoch, "loss": loss, "lr": lr,
+               "tokens_per_second": float(tokens) / (time.perf_counter() - started)}
+        if self.object_head is not None:
+            row["object_loss"] = float(self.dist.sum_(object_total))
+        return row
 
     def _example_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each example's summed token loss and its number of label tokens: [B], [B]."""
@@ -215,6 +264,7 @@ class Trainer:
         for record in mine:
             example = encode_example(self.processor, record.messages)
             sums, counts = self._example_losses(collate(self.processor, [example]))
+            self._features = []
             total += sums.sum().float().cpu()
             count += counts.sum().cpu()
         self.model.train()
