@@ -1,7 +1,9 @@
 """Score a model on a freshly generated held-out set of synthetic questions: accuracy per task.
 
 The recipe (examples/train_demo_model.py) scores every stage on 40 questions a task of seed 2 and
-the finished model on 40 of seed 3; `--per-task 40 --seed 2` writes that same first set. Forty
+the finished model on 40 of seed 3; `--per-task 40 --seed 2` with every task (the default) writes
+that same first set (the questions are drawn in turn from one seeded stream, so asking fewer tasks
+draws other questions from the same seed). Forty
 questions are a noisy measure: a rerun of the same recipe moves a task by a few of them
 (docs/demo_model_experiments.md; two sets of 200 still disagree by several), so recipes are
 better compared on more questions of the tasks in doubt, e.g.
