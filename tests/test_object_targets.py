@@ -222,3 +222,12 @@ def test_the_finetune_cli_takes_an_object_loss_weight(object_run, tiny_checkpoin
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2] and all("object_loss" in row for row in rows)
+
+
+def test_two_processes_give_the_one_process_object_loss(object_run, tiny_checkpoint, tmp_path):
+    rows, output = object_run
+    two = finetune(tiny_checkpoint, output.parent / "data.jsonl",
+                   TrainSettings(output=tmp_path / "two", mode="full", batch_size=2, max_steps=8, lr=2e-3,
+                                 object_loss_weight=1.0, seed=1), processes=2)
+    assert [row["object_loss"] for row in two] == pytest.approx([row["object_loss"] for row in rows], rel=1e-3)
+    assert [row["loss"] for row in two] == pytest.approx([row["loss"] for row in rows], rel=1e-3)
