@@ -7,12 +7,11 @@ merged visual token (cell) of an image gets targets:
 - a cell whose centre lies inside an object's box (the smallest, where boxes overlap): that object's
   box (0-1000 divided by 100) and its tags;
 - the first such cell of each object in reading order (the cell under the box's centre for an object
-  too small to hold a cell's centre): an "anchor" mark, one per object;
-- every cell of the image: how many of its objects carry each tag.
+  too small to hold a cell's centre): an "anchor" mark, one per object.
 The images of lines without "objects" get no targets (their cells are left out of the loss).
 A linear head (zero at the start) on the RMS-normed visual tokens as the merger hands them to the
-decoder predicts all of these; the loss is its squared errors (boxes and counts, times 0.1) and
-binary cross-entropies (anchors and tags), summed over cells. The head lives only while training:
+decoder predicts these; the loss is the boxes' squared error (times 0.1) and the binary
+cross-entropies of anchors and tags, summed over cells. The head lives only while training:
 checkpoints keep the official architecture. In the demo model's box stages, box and anchor targets
 like these placed 85-88% of boxes among several shapes against 74-78% without
 (docs/demo_model_experiments.md).
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from ..errors import InvalidInputError
 
 SCALE = 1000  # Qwen2-VL's grounding coordinates run 0-1000 over the image
-BOX_UNIT = 100  # box targets in tenths of the image (0-10): steps of the same size as the counts'
+BOX_UNIT = 100  # box targets in tenths of the image (0-10)
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,6 @@ class CellTargets:
     inside: torch.Tensor  # [N] bool: the cell shows an object
     anchors: torch.Tensor  # [N] 0/1
     tags: torch.Tensor  # [N, V] 0/1
-    counts: torch.Tensor  # [N, V]
 
 
 def parse_objects(value: Any, images: int) -> tuple[tuple[ObjectBox, ...], ...]:
@@ -97,7 +95,7 @@ def cell_targets(objects: list[tuple[ObjectBox, ...] | None], grids: list[tuple[
              in zip(objects, grids)]
     if not parts:
         return CellTargets(torch.zeros(0, 4), torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.bool),
-                           torch.zeros(0), torch.zeros(0, len(vocabulary)), torch.zeros(0, len(vocabulary)))
+                           torch.zeros(0), torch.zeros(0, len(vocabulary)))
     return CellTargets(*(torch.cat(tensors) for tensors in zip(*parts)))
 
 
@@ -107,7 +105,6 @@ def _image_targets(objects: tuple[ObjectBox, ...] | None, frames: int, rows: int
     annotated = torch.full((cells * frames,), objects is not None)
     boxes, inside = torch.zeros(cells, 4), torch.zeros(cells, dtype=torch.bool)
     anchors, tags = torch.zeros(cells), torch.zeros(cells, len(index))
-    counts = torch.zeros(len(index))
     owner_area = torch.full((cells,), float("inf"))
     centre_x = (torch.arange(columns) + 0.5) * SCALE / columns  # [columns]
     centre_y = (torch.arange(rows) + 0.5) * SCALE / rows  # [rows]
@@ -128,31 +125,26 @@ def _image_targets(objects: tuple[ObjectBox, ...] | None, frames: int, rows: int
         tags[mine] = 0.0
         for tag in obj.tags:
             tags[mine, index[tag]] = 1.0
-            counts[index[tag]] += 1
     # an image's cells repeat for each of its frames (a picture is one frame)
-    return (boxes.repeat(frames, 1), annotated, inside.repeat(frames), anchors.repeat(frames), tags.repeat(frames, 1),
-            counts.expand(cells * frames, -1))
+    return boxes.repeat(frames, 1), annotated, inside.repeat(frames), anchors.repeat(frames), tags.repeat(frames, 1)
 
 
 class ObjectHead(torch.nn.Module):
-    """The training-only head: box (4), anchor (1), tags (V) and tag counts (V) per visual token."""
+    """The training-only head: box (4), anchor (1) and tags (V) per visual token."""
 
     def __init__(self, hidden: int, tags: int):
         super().__init__()
-        self.tags = tags
-        self.proj = torch.nn.Linear(hidden, 5 + 2 * tags)
+        self.proj = torch.nn.Linear(hidden, 5 + tags)
         torch.nn.init.zeros_(self.proj.weight)
         torch.nn.init.zeros_(self.proj.bias)
 
     def loss_sum(self, features: torch.Tensor, targets: CellTargets) -> torch.Tensor:
         """The summed loss over the cells of `features` [N, hidden] (the merger's output)."""
-        out = self.proj(F.rms_norm(features, (features.shape[-1],)))  # [N, 5 + 2V]
-        v = self.tags
+        out = self.proj(F.rms_norm(features, (features.shape[-1],)))  # [N, 5 + V]
         inside, annotated = targets.inside.to(out.device), targets.annotated.to(out.device)
         box_error = ((out[:, :4] - targets.boxes.to(out.device)) ** 2).sum(-1)[inside].sum()
         anchor_error = F.binary_cross_entropy_with_logits(out[annotated, 4], targets.anchors.to(out.device)[annotated],
                                                           reduction="sum")
-        tag_error = F.binary_cross_entropy_with_logits(out[inside, 5:5 + v], targets.tags.to(out.device)[inside],
+        tag_error = F.binary_cross_entropy_with_logits(out[inside, 5:], targets.tags.to(out.device)[inside],
                                                        reduction="sum")
-        count_error = ((out[annotated, 5 + v:] - targets.counts.to(out.device)[annotated]) ** 2).sum()
-        return 0.1 * box_error + anchor_error + tag_error + 0.1 * count_error
+        return 0.1 * box_error + anchor_error + tag_error
