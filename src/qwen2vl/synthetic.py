@@ -23,7 +23,8 @@ background shifts colour across the picture (RoPE alone carries no absolute posi
 demo's head size M-RoPE's row and column rotations are slow; the tint tells a small model where it
 is looking).
 `write_dataset` writes the images and a JSONL file in the fine-tuning format, with each line's task
-and answer beside its messages. Does not own: training or scoring models.
+and answer beside its messages, and each picture's shapes as the trainer's objects.
+Does not own: training or scoring models.
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def _scene(rng: random.Random, shapes: list[tuple[str, str]], size: tuple[int, i
     return image, drawn
 
 
+def _pictured(task: str, key: str, text: str, answer: str, image: Image.Image, shapes: list[Shape]) -> Sample:
+    """A question about one picture (named after the sample's key) and the shapes drawn on it."""
+    return Sample(task, _question([f"{key}.png"], text), answer, {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
+
+
 def _question(image_names: list[str], text: str, video: list[str] | None = None) -> list[dict]:
     parts = [{"type": "image", "image": name} for name in image_names]
     if video is not None:
@@ -139,15 +145,13 @@ def _distinct_shapes(rng: random.Random, count: int) -> list[tuple[str, str]]:
 def colour_task(rng: random.Random, key: str) -> Sample:
     image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, 3)), _size(rng))
     target = rng.choice(shapes)
-    return Sample("colour", _question([f"{key}.png"], f"What colour is the {target.kind}?"), target.colour,
-                  {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
+    return _pictured("colour", key, f"What colour is the {target.kind}?", target.colour, image, shapes)
 
 
 def shape_task(rng: random.Random, key: str) -> Sample:
     image, shapes = _scene(rng, _distinct_shapes(rng, rng.randint(1, 3)), _size(rng))
     target = rng.choice(shapes)
-    return Sample("shape", _question([f"{key}.png"], f"What shape is {target.colour}?"), target.kind,
-                  {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
+    return _pictured("shape", key, f"What shape is {target.colour}?", target.kind, image, shapes)
 
 
 def count_task(rng: random.Random, key: str) -> Sample:
@@ -159,8 +163,7 @@ def count_task(rng: random.Random, key: str) -> Sample:
     rng.shuffle(items)
     image, shapes = _scene(rng, items, (rng.randrange(224, 281, 28), rng.randrange(196, 281, 28)))
     count = sum(1 for s in shapes if s.colour == colour)
-    return Sample("count", _question([f"{key}.png"], f"How many {colour} shapes are there?"), str(count),
-                  {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
+    return _pictured("count", key, f"How many {colour} shapes are there?", str(count), image, shapes)
 
 
 def _named(shape: Shape) -> str:
@@ -174,8 +177,7 @@ def _the(shape: Shape) -> str:
 
 def name_task(rng: random.Random, key: str) -> Sample:
     image, shapes = _scene(rng, _distinct_shapes(rng, 1), _size(rng))
-    return Sample("name", _question([f"{key}.png"], "What is in the picture?"), _named(shapes[0]),
-                  {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
+    return _pictured("name", key, "What is in the picture?", _named(shapes[0]), image, shapes)
 
 
 def describe_task(rng: random.Random, key: str) -> Sample:
@@ -184,8 +186,7 @@ def describe_task(rng: random.Random, key: str) -> Sample:
     ordered = sorted(shapes, key=lambda s: (s.box[0] + s.box[2], s.box[1]))
     words = [_named(s) for s in ordered]
     answer = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-    return Sample("describe", _question([f"{key}.png"], "Describe the picture from left to right."), answer,
-                  {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
+    return _pictured("describe", key, "Describe the picture from left to right.", answer, image, shapes)
 
 
 def ocr_task(rng: random.Random, key: str) -> Sample:
@@ -198,7 +199,7 @@ def ocr_task(rng: random.Random, key: str) -> Sample:
     x = PATCH * rng.randint(0, max(0, width - (right - left) - 4) // PATCH)  # text starts on a patch edge
     y = PATCH * rng.randint(0, max(0, height - (bottom - top) - 4) // PATCH)
     draw.text((x - left, y - top), text, font=font, fill=(20, 20, 20))
-    return Sample("ocr", _question([f"{key}.png"], "What is written in the picture?"), text, {f"{key}.png": image})
+    return _pictured("ocr", key, "What is written in the picture?", text, image, [])
 
 
 def grounding_task(rng: random.Random, key: str, most: int = 3) -> Sample:
@@ -206,8 +207,7 @@ def grounding_task(rng: random.Random, key: str, most: int = 3) -> Sample:
     target = rng.choice(shapes)
     phrase = _the(target)
     answer = box_to_text(Box(*target.box, label=phrase), image.size)
-    return Sample("grounding", _question([f"{key}.png"], f"Locate {phrase}."), answer, {f"{key}.png": image},
-                  {f"{key}.png": tuple(shapes)})
+    return _pictured("grounding", key, f"Locate {phrase}.", answer, image, shapes)
 
 
 def lone_grounding_task(rng: random.Random, key: str) -> Sample:
@@ -224,8 +224,8 @@ def side_task(rng: random.Random, key: str) -> Sample:
         offset = (target.box[0] + target.box[2]) / 2 - image.size[0] / 2
         if abs(offset) >= CELL / 2:
             break
-    return Sample("side", _question([f"{key}.png"], f"Is {_the(target)} on the left or the right?"),
-                  "left" if offset < 0 else "right", {f"{key}.png": image}, {f"{key}.png": tuple(shapes)})
+    return _pictured("side", key, f"Is {_the(target)} on the left or the right?", "left" if offset < 0 else "right",
+                     image, shapes)
 
 
 def compare_task(rng: random.Random, key: str) -> Sample:
@@ -285,7 +285,7 @@ def samples(count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS)) -> Ite
 
 def _object(shape: Shape, size: tuple[int, int]) -> dict:
     """A drawn shape as one of the trainer's objects: its box in 0-1000 coordinates, colour and kind."""
-    scale = (SCALE / size[0], SCALE / size[1]) * 2
+    scale = (SCALE / size[0], SCALE / size[1]) * 2  # x1, y1, x2, y2
     return {"box": [round(v * s, 2) for v, s in zip(shape.box, scale)], "tags": [shape.colour, shape.kind]}
 
 

@@ -3,9 +3,9 @@
 Owns: reading one conversation per line (Qwen or OpenAI message form, a list or {"messages": [...]})
 with media paths relative to the file, and its optional "objects" (object_targets.py); validating
 every line up front with its line number (JSON, missing assistant turn, unreadable media, malformed
-objects, too long for max_length), in one process or several; labels on assistant answers only (their tokens and their <|im_end|>; system, user,
-template and vision tokens are -100); a deterministic length-grouped batch order; collation with
-right padding.
+objects, too long for max_length), in one process or several; labels on assistant answers only
+(their tokens and their <|im_end|>; system, user, template and vision tokens are -100); a
+deterministic length-grouped batch order; collation with right padding.
 Does not own: the optimisation loop (trainer.py).
 """
 
