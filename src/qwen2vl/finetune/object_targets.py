@@ -86,16 +86,13 @@ def tag_vocabulary(objects: list[tuple[tuple[ObjectBox, ...], ...]]) -> tuple[st
 
 def cell_targets(objects: list[tuple[ObjectBox, ...] | None], grids: list[tuple[int, int, int]], merge: int,
                  vocabulary: tuple[str, ...]) -> CellTargets:
-    """The targets of every cell of `grids` (t, h, w in patches, one per image), whose objects are
-    `objects` (one tuple per image, in the same order; None: not annotated)."""
+    """The targets of every cell of `grids` (t, h, w in patches, one per image; one image or more),
+    whose objects are `objects` (one tuple per image, in the same order; None: not annotated)."""
     if len(objects) != len(grids):
         raise InvalidInputError(f"{len(grids)} images but objects for {len(objects)}")
     index = {tag: i for i, tag in enumerate(vocabulary)}
     parts = [_image_targets(per_image, t, h // merge, w // merge, index) for per_image, (t, h, w)
              in zip(objects, grids)]
-    if not parts:
-        return CellTargets(torch.zeros(0, 4), torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.bool),
-                           torch.zeros(0), torch.zeros(0, len(vocabulary)))
     return CellTargets(*(torch.cat(tensors) for tensors in zip(*parts)))
 
 
