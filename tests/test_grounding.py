@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from qwen2vl.grounding import Box, box_to_text, draw_boxes, parse_boxes, referenced_phrases, rescale_box
+from qwen2vl.grounding import Box, box_to_text, draw_boxes, normalised, parse_boxes, referenced_phrases, rescale_box
 
 SIZE = (800, 600)
 
@@ -87,3 +87,7 @@ def test_decoded_answers_keep_grounding_tokens(tiny_checkpoint):
     text = span("x", 1, 2, 3, 4)
     ids = processor.tokenizer.encode(text + "<|im_end|>").ids
     assert processor.decode(ids) == text
+
+
+def test_a_pixel_box_normalises_to_unrounded_0_1000_coordinates():
+    assert normalised(Box(20, 10, 150, 100), (300, 100)) == pytest.approx((66.667, 100, 500, 1000), abs=1e-3)

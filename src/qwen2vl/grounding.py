@@ -70,12 +70,15 @@ def referenced_phrases(text: str) -> list[str]:
     return [m.group("label").strip() for m in _REF_ONLY.finditer(text)]
 
 
+def normalised(box: Box, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """A pixel box in Qwen2-VL's 0-1000 coordinates over the image (x1, y1, x2, y2), unrounded."""
+    width, height = image_size
+    return box.x1 * SCALE / width, box.y1 * SCALE / height, box.x2 * SCALE / width, box.y2 * SCALE / height
+
+
 def box_to_text(box: Box, image_size: tuple[int, int]) -> str:
     """A pixel box (and its phrase) as the span Qwen2-VL reads and writes."""
-    width, height = image_size
-    coords = [round(v * SCALE / size) for v, size in ((box.x1, width), (box.y1, height), (box.x2, width),
-                                                       (box.y2, height))]
-    coords = [min(SCALE, max(0, c)) for c in coords]
+    coords = [min(SCALE, max(0, round(c))) for c in normalised(box, image_size)]
     ref = f"<|object_ref_start|>{box.label}<|object_ref_end|>" if box.label else ""
     return f"{ref}<|box_start|>({coords[0]},{coords[1]}),({coords[2]},{coords[3]})<|box_end|>"
 

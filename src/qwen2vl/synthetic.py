@@ -39,7 +39,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .grounding import SCALE, Box, box_to_text
+from .grounding import Box, box_to_text, normalised
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 20),
            "purple": (140, 60, 180), "orange": (245, 130, 30)}
@@ -285,8 +285,7 @@ def samples(count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS)) -> Ite
 
 def _object(shape: Shape, size: tuple[int, int]) -> dict:
     """A drawn shape as one of the trainer's objects: its box in 0-1000 coordinates, colour and kind."""
-    scale = (SCALE / size[0], SCALE / size[1]) * 2  # x1, y1, x2, y2
-    return {"box": [round(v * s, 2) for v, s in zip(shape.box, scale)], "tags": [shape.colour, shape.kind]}
+    return {"box": [round(c, 2) for c in normalised(Box(*shape.box), size)], "tags": [shape.colour, shape.kind]}
 
 
 def write_dataset(directory: str | Path, count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS),

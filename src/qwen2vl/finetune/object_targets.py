@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
+from ..grounding import SCALE  # Qwen2-VL's grounding coordinates run 0-1000 over the image
 
-SCALE = 1000  # Qwen2-VL's grounding coordinates run 0-1000 over the image
 BOX_UNIT = 100  # box targets in tenths of the image (0-10)
 
 
