@@ -142,6 +142,16 @@ def test_generated_objects_are_the_shapes_drawn_in_0_1000_coordinates(tiny_check
             assert record.objects == ((),)
 
 
+def test_generated_objects_without_tags_keep_the_same_boxes(tmp_path):
+    tagged = [json.loads(line) for line in write_dataset(tmp_path / "tagged", 6, seed=4).read_text().splitlines()]
+    plain = [json.loads(line) for line in
+             write_dataset(tmp_path / "plain", 6, seed=4, object_tags=False).read_text().splitlines()]
+    assert [[[o["box"] for o in image] for image in line["objects"]] for line in plain] == \
+        [[[o["box"] for o in image] for image in line["objects"]] for line in tagged]
+    assert all(o["tags"] == [] for line in plain for image in line["objects"] for o in image)
+    assert any(o["tags"] for line in tagged for image in line["objects"] for o in image)
+
+
 def test_a_generated_shape_is_told_its_box_on_exactly_its_cells(tiny_checkpoint, tmp_path):
     path = write_dataset(tmp_path, 1, seed=5, tasks=("lone-grounding",))
     (record,), _ = read_records(path, Processor.from_pretrained(tiny_checkpoint), max_length=4096)

@@ -283,18 +283,20 @@ def samples(count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS)) -> Ite
     return (makers[tasks[i % len(tasks)]](rng, f"s{seed}-{i:06d}") for i in range(count))
 
 
-def _object(shape: Shape, size: tuple[int, int]) -> dict:
-    """A drawn shape as one of the trainer's objects: its box in 0-1000 coordinates, colour and kind."""
-    return {"box": [round(c, 2) for c in normalised(Box(*shape.box), size)], "tags": [shape.colour, shape.kind]}
+def _object(shape: Shape, size: tuple[int, int], tags: bool) -> dict:
+    """A drawn shape as one of the trainer's objects: its box in 0-1000 coordinates, with its colour
+    and kind as tags (or no tags)."""
+    return {"box": [round(c, 2) for c in normalised(Box(*shape.box), size)],
+            "tags": [shape.colour, shape.kind] if tags else []}
 
 
 def write_dataset(directory: str | Path, count: int, seed: int, tasks: tuple[str, ...] = tuple(TASKS),
-                  name: str = "data.jsonl") -> Path:
+                  name: str = "data.jsonl", object_tags: bool = True) -> Path:
     """Images under directory/media/<name without .jsonl>/ (so datasets sharing a directory keep
     their own pictures) and one JSONL line per sample: messages (with the answer as the assistant
     turn, media paths relative to the file), task, answer, and the shapes of each image as the
-    trainer's objects (box in 0-1000 coordinates, tags colour and kind: finetune/object_targets.py;
-    none for a picture of text)."""
+    trainer's objects (box in 0-1000 coordinates, tags colour and kind unless object_tags is False:
+    finetune/object_targets.py; none for a picture of text)."""
     directory = Path(directory)
     media = f"media/{Path(name).stem}"
     (directory / media).mkdir(parents=True, exist_ok=True)
@@ -306,7 +308,7 @@ def write_dataset(directory: str | Path, count: int, seed: int, tasks: tuple[str
         objects = []
         for part in messages[0]["content"]:
             if part.get("type") == "image":
-                objects.append([_object(shape, sample.images[part["image"]].size)
+                objects.append([_object(shape, sample.images[part["image"]].size, object_tags)
                                 for shape in sample.shapes.get(part["image"], ())])
                 part["image"] = f"{media}/{part['image']}"
             elif part.get("type") == "video":
